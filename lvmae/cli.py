@@ -1,0 +1,72 @@
+"""The ``lvmae`` command line: one entry point, one module per subcommand.
+
+Subcommand modules live in :mod:`lvmae.commands` and import their heavy
+dependencies (torch, av, deepspeed) inside ``run`` so that ``lvmae --help`` is instant.
+User errors (:class:`LvmaeError`, missing files) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from lvmae.errors import LvmaeError
+
+COMMANDS = ("synth", "extract", "pretrain", "probe", "demo", "export", "config")
+
+EPILOG = """\
+examples:
+  lvmae demo                                   # synthetic end-to-end run on CPU
+  lvmae extract videos/*.mp4 --out feats       # segment embeddings into a feature store
+  lvmae pretrain -c configs/tiny.yaml data.stores=[feats] run.out_dir=runs/tiny
+  lvmae probe -c configs/probe/lvu.yaml probe.store=feats probe.checkpoint=runs/tiny/export
+  lvmae config -c configs/paper.yaml model.depth=16   # print the resolved config
+
+Every command takes -c/--config YAML files (merged in order) and key=value overrides.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvmae",
+        description="Long-video masked autoencoding over frozen segment embeddings.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        mod = importlib.import_module(f"lvmae.commands.{name}")
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=mod.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except LvmaeError as e:
+        print(f"lvmae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"lvmae {args.command}: error: file not found: {e.filename or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lvmae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""``lvmae demo``: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+import argparse
+
+from lvmae.commands._common import add_config_args
+from lvmae.errors import LvmaeError
+
+HELP = "demo (not yet implemented)"
+DESCRIPTION = HELP
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise LvmaeError("'demo' is not implemented yet")

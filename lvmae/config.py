@@ -1,0 +1,274 @@
+"""Typed configuration for every lvmae component.
+
+Each section is a plain dataclass so that library code (models, data, masking)
+can take just its own section without importing omegaconf. OmegaConf is used
+only at the edge (:func:`load_config`): the schema is merged with YAML files and
+``key=value`` overrides in struct mode, so an unknown key or a wrongly typed
+value is an error that names it, then converted back to these dataclasses once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lvmae.errors import ConfigError
+from lvmae.models.config import ModelConfig, RopeConfig  # noqa: F401  (re-exported)
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how it is seeded."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True
+
+
+@dataclass
+class SegmentConfig:
+    """How a long video is cut into segments and sampled.
+
+    Segment ``i`` covers ``[i*stride, i*stride + seconds)``. The last partial
+    segment is kept when it covers at least ``min_last_fraction`` of a segment.
+    """
+
+    seconds: float = 5.0
+    stride: float | None = None  # None: equal to `seconds` (no overlap)
+    frames: int = 8
+    min_last_fraction: float = 0.5
+    audio_sample_rate: int = 16000
+
+
+@dataclass
+class EncoderConfig:
+    """Which frozen encoders turn segments into embeddings (one per modality)."""
+
+    vision: str = "efficientnet_lite0"
+    audio: str | None = "logmel"
+    text: str | None = None
+    image_size: int = 112
+    pooling: str = "mean"  # mean | mean_std | mean_diff (over the K frames)
+    checkpoint: str | None = None  # local dir/file for encoders that need weights
+    batch_frames: int = 64  # frames per encoder forward, across segments
+    device: str = "auto"
+
+
+@dataclass
+class ExtractConfig:
+    """Extraction job: videos -> feature store."""
+
+    out: str = "features"
+    dtype: str = "float16"
+    decode_workers: int = 2
+    shard: str | None = None  # "i/n"; defaults to RANK/WORLD_SIZE when launched
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+@dataclass
+class MaskingConfig:
+    """Which segments the autoencoder must reconstruct (built in the collate step)."""
+
+    strategy: str = "random"  # random | semantic_mask_distinct | semantic_keep_distinct | block
+    ratio: float = 0.5
+    block_min: int = 2
+    block_max: int = 16
+
+
+@dataclass
+class DataConfig:
+    """Pretraining data: random crops of stored embedding sequences."""
+
+    stores: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)  # per store; empty = proportional
+    modalities: list[str] = field(default_factory=lambda: ["vision"])
+    min_len: int = 2
+    max_len: int = 256
+    short_policy: str = "tile"  # tile | keep | drop (videos shorter than min_len)
+    bucket_by_length: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with per-step warmup + cosine; LR scaled by global batch / 256."""
+
+    base_lr: float = 1.5e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+
+
+@dataclass
+class DeepSpeedConfig:
+    """Engine, batch sizes and precision: defined once, here."""
+
+    engine: str = "deepspeed"  # deepspeed | torch
+    micro_batch: int = 16
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    zero_stage: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining loop: length, checkpoints, logging."""
+
+    steps: int = 1000
+    save_every: int = 200
+    keep_last: int = 3
+    log_every: int = 10
+    resume: bool = False
+
+
+@dataclass
+class ProbeConfig:
+    """Frozen-backbone probing on a benchmark."""
+
+    benchmark: str = "generic"  # lvu | coin | breakfast | generic
+    labels: str = ""  # label file or directory, in the benchmark's own format
+    store: str = ""
+    checkpoint: str | None = None  # exported LV-MAE encoder dir; None = raw baselines only
+    tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
+    methods: list[str] = field(
+        default_factory=lambda: ["raw_mean_sklearn", "raw_attentive", "lvmae_linear", "lvmae_attentive"]
+    )
+    pooling: str = "mean"  # mean | cls (linear probe)
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    batch_size: int = 32
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    max_len: int = 1024
+
+
+@dataclass
+class SynthConfig:
+    """Synthetic long-video benchmark (real encoded files) for the demo and tests."""
+
+    out: str = "synth"
+    num_videos: int = 60
+    min_steps: int = 6
+    max_steps: int = 10
+    segments_per_step: list[int] = field(default_factory=lambda: [2, 4])
+    fps: int = 4
+    size: int = 64
+    audio: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """The whole configuration; each command reads the sections it needs."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that types alone cannot express; raises ConfigError."""
+    m, mk, s = cfg.model, cfg.masking, cfg.extract.segment
+    _check(m.width % m.heads == 0, f"model.width ({m.width}) must be divisible by model.heads ({m.heads})")
+    _check(
+        m.decoder_width % m.decoder_heads == 0,
+        f"model.decoder_width ({m.decoder_width}) must be divisible by model.decoder_heads ({m.decoder_heads})",
+    )
+    _check(0.0 < mk.ratio < 1.0, f"masking.ratio must be in (0, 1), got {mk.ratio}")
+    _check(1 <= mk.block_min <= mk.block_max, "masking.block_min must be >= 1 and <= masking.block_max")
+    _check(s.seconds > 0, f"extract.segment.seconds must be > 0, got {s.seconds}")
+    _check(s.stride is None or s.stride > 0, "extract.segment.stride must be > 0")
+    _check(s.frames >= 1, "extract.segment.frames must be >= 1")
+    _check(0.0 <= s.min_last_fraction <= 1.0, "extract.segment.min_last_fraction must be in [0, 1]")
+    _check(cfg.data.min_len >= 1 and cfg.data.min_len <= cfg.data.max_len, "data.min_len must be in [1, data.max_len]")
+    _check(
+        not cfg.data.weights or len(cfg.data.weights) == len(cfg.data.stores),
+        "data.weights must be empty or have one weight per entry of data.stores",
+    )
+    _check(cfg.deepspeed.engine in ("deepspeed", "torch"), "deepspeed.engine must be 'deepspeed' or 'torch'")
+    _check(cfg.deepspeed.precision in ("fp32", "bf16", "fp16"), "deepspeed.precision must be fp32, bf16 or fp16")
+    _check(cfg.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage must be 0, 1, 2 or 3")
+    _check(len(cfg.optim.betas) == 2, "optim.betas must have two values")
+    _check(cfg.probe.pooling in ("mean", "cls"), "probe.pooling must be 'mean' or 'cls'")
+    return cfg
+
+
+def load_config(
+    files: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] = (),
+    base: Config | None = None,
+) -> Config:
+    """Schema defaults (or ``base``) <- YAML files in order <- ``key=value`` overrides.
+
+    Raises :class:`ConfigError` naming the offending key or file.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(base if base is not None else Config)
+    OmegaConf.set_struct(schema, True)
+    merged = schema
+    try:
+        for f in files:
+            p = Path(f)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(p))
+        for o in overrides:
+            if "=" not in o:
+                raise ConfigError(f"override {o!r} is not of the form key=value")
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e)) from None
+    return validate(obj)  # type: ignore[arg-type]
+
+
+def _describe(e: Exception) -> str:
+    """One line naming the key, from OmegaConf's multi-line message."""
+    msg = str(e).splitlines()[0]
+    key = getattr(e, "full_key", None)
+    if key and key not in msg:
+        msg = f"{msg} (key: {key})"
+    return f"invalid config: {msg}"
+
+
+def to_yaml(cfg: Config) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to a run's outputs (atomically)."""
+    from lvmae.io import atomic_write_text
+
+    path = Path(out_dir) / name
+    atomic_write_text(path, to_yaml(cfg))
+    return path
+
+
+def section_dict(section: Any) -> dict:
+    """A plain dict of one section, e.g. for hashing or JSON logs."""
+    return dataclasses.asdict(section)

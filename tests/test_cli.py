@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from lvmae.cli import COMMANDS, main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for c in COMMANDS:
+        assert c in out
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_each_subcommand_help_has_example(cmd, capsys):
+    with pytest.raises(SystemExit):
+        main([cmd, "--help"])
+    assert "example" in capsys.readouterr().out.lower()
+
+
+def test_bad_config_is_one_line_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "lvmae.cli", "config", "model.nope=1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "nope" in r.stderr
+
+
+def test_missing_config_file_is_clear():
+    r = subprocess.run([sys.executable, "-m", "lvmae.cli", "config", "-c", "missing.yaml"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.yaml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_prints_resolved(capsys):
+    assert main(["config", "model.depth=3"]) == 0
+    assert "depth: 3" in capsys.readouterr().out
+
+
+def test_model_code_imports_no_launcher_deps():
+    code = ("import sys, lvmae.models, lvmae.config; "
+            "import importlib.util as u; "
+            "bad=[m for m in ('omegaconf','deepspeed') if m in sys.modules]; print(bad)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"

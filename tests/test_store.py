@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from lvmae.errors import DataError
+from lvmae.store import FeatureStore, config_hash
+
+META = {"config_hash": config_hash({"enc": "x"}), "modalities": {"vision": {"dim": 4}, "audio": {"dim": 3}}}
+
+
+def test_write_read_round_trip(tmp_path):
+    s = FeatureStore.create(tmp_path / "s", META)
+    w = s.writer()
+    v = np.random.rand(5, 4).astype(np.float32)
+    w.write("vid/a b", {"vision": v, "audio": np.zeros((5, 3))}, {"duration": 25.0})
+    w.fail("bad", "corrupt file")
+    s2 = FeatureStore.open(tmp_path / "s")
+    assert s2.video_ids == ["vid/a b"] and s2.failed == {"bad": "corrupt file"}
+    got = s2.load("vid/a b")
+    assert got.dtype == np.float16 and got.shape == (5, 4)
+    np.testing.assert_allclose(got, v, atol=1e-3)
+    assert s2.num_segments("vid/a b") == 5 and s2.dim("audio") == 3
+
+
+def test_hash_mismatch_refused(tmp_path):
+    FeatureStore.create(tmp_path / "s", META)
+    with pytest.raises(DataError, match="another encoder"):
+        FeatureStore.create(tmp_path / "s", {**META, "config_hash": "different"})
+
+
+def test_bad_arrays_rejected_and_nothing_recorded(tmp_path):
+    s = FeatureStore.create(tmp_path / "s", META)
+    w = s.writer()
+    with pytest.raises(DataError, match="shape"):
+        w.write("a", {"vision": np.zeros((5, 7))})
+    with pytest.raises(DataError, match="NaN"):
+        w.write("a", {"vision": np.full((5, 4), np.nan)})
+    assert "a" not in FeatureStore.open(tmp_path / "s")
+
+
+def test_shard_parts_merge_and_torn_line(tmp_path):
+    s = FeatureStore.create(tmp_path / "s", META)
+    s.writer(0, 2).write("a", {"vision": np.ones((2, 4))})
+    w1 = s.writer(1, 2)
+    w1.write("b", {"vision": np.ones((3, 4))})
+    with open(w1.part, "a") as f:
+        f.write('{"video_id": "c", "sta')  # killed mid-line
+    s2 = FeatureStore.open(tmp_path / "s")
+    assert s2.video_ids == ["a", "b"]
+    assert s2.writer(0, 2).finished() == {"a", "b"}
