@@ -90,8 +90,12 @@ class DataConfig:
     modalities: list[str] = field(default_factory=lambda: ["vision"])
     min_len: int = 2
     max_len: int = 256
-    short_policy: str = "tile"  # tile | keep | drop (videos shorter than min_len)
+    # A video shorter than the drawn crop length: tile (repeat it to that length, as the
+    # paper does) | keep (use it whole, padded) | drop (like keep, but videos shorter than
+    # min_len are left out of the dataset).
+    short_policy: str = "tile"
     bucket_by_length: bool = True
+    bucket_window: int = 32  # micro-batches pooled and sorted by crop length when bucketing
     num_workers: int = 0
 
 
@@ -104,7 +108,8 @@ class OptimConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
 
 
 @dataclass
@@ -116,6 +121,9 @@ class DeepSpeedConfig:
     grad_accum: int = 1
     precision: str = "fp32"  # fp32 | bf16 | fp16
     zero_stage: int = 0
+    # Single CPU process only: skip compiling DeepSpeed's shared-memory all-reduce op
+    # (~1 min on first use, useless with one rank).
+    cpu_skip_shm_op: bool = True
 
 
 @dataclass
@@ -127,6 +135,8 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 10
     resume: bool = False
+    export: bool = True  # write the encoder to RUN/export at the end
+    plot: bool = True  # loss / retrieval curves to RUN/curves.png at the end
 
 
 @dataclass
@@ -209,8 +219,22 @@ def validate(cfg: Config) -> Config:
     _check(cfg.deepspeed.precision in ("fp32", "bf16", "fp16"), "deepspeed.precision must be fp32, bf16 or fp16")
     _check(cfg.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage must be 0, 1, 2 or 3")
     _check(len(cfg.optim.betas) == 2, "optim.betas must have two values")
+    _validate_pretrain(cfg)
     _check(cfg.probe.pooling in ("mean", "cls"), "probe.pooling must be 'mean' or 'cls'")
     return cfg
+
+
+def _validate_pretrain(cfg: Config) -> None:
+    d, ds, t = cfg.data, cfg.deepspeed, cfg.train
+    _check(d.short_policy in ("tile", "keep", "drop"), "data.short_policy must be tile, keep or drop")
+    _check(len(d.modalities) >= 1, "data.modalities must name at least one modality")
+    _check(all(w >= 0 for w in d.weights) and (not d.weights or sum(d.weights) > 0),
+           "data.weights must be >= 0 and not all zero")
+    _check(d.bucket_window >= 1, "data.bucket_window must be >= 1")
+    _check(ds.micro_batch >= 1 and ds.grad_accum >= 1, "deepspeed.micro_batch and deepspeed.grad_accum must be >= 1")
+    _check(t.steps >= 1 and t.save_every >= 1 and t.log_every >= 1 and t.keep_last >= 1,
+           "train.steps, train.save_every, train.log_every and train.keep_last must be >= 1")
+    _check(cfg.optim.warmup_steps >= 0 and cfg.optim.base_lr > 0, "optim.base_lr must be > 0, optim.warmup_steps >= 0")
 
 
 def load_config(
