@@ -157,7 +157,19 @@ class ProbeConfig:
     weight_decay: float = 0.05
     batch_size: int = 32
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    max_len: int = 1024
+    max_len: int = 1024  # longer videos are subsampled uniformly to this many segments
+    modalities: list[str] = field(default_factory=lambda: ["vision"])  # concatenated along D, as in pretraining
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    warmup_epochs: float = 1.0
+    min_lr: float = 0.0
+    attn_heads: int = 8  # attentive probe; reduced to a divisor of the feature width
+    attn_queries: int = 1
+    sklearn_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])  # C; Ridge alpha = 1/(2C)
+    val_fraction: float = 0.1  # carved from train where a benchmark has no val split
+    scale: float | None = None  # HoPE temporal scale for encoding; None = the model's eval_scale
+    encode_batch: int = 16
+    cache: bool = True  # keep LV-MAE encoder outputs on disk, reused across tasks and runs
+    cache_dir: str = ""  # "" = <run.out_dir>/encoded
 
 
 @dataclass
@@ -221,6 +233,10 @@ def validate(cfg: Config) -> Config:
     _check(len(cfg.optim.betas) == 2, "optim.betas must have two values")
     _validate_pretrain(cfg)
     _check(cfg.probe.pooling in ("mean", "cls"), "probe.pooling must be 'mean' or 'cls'")
+    _check(cfg.probe.schedule in ("cosine", "constant"), "probe.schedule must be 'cosine' or 'constant'")
+    _check(cfg.probe.epochs >= 1 and cfg.probe.batch_size >= 2, "probe.epochs must be >= 1 and probe.batch_size >= 2")
+    _check(0.0 < cfg.probe.val_fraction < 1.0, "probe.val_fraction must be in (0, 1)")
+    _check(bool(cfg.probe.seeds), "probe.seeds must not be empty")
     return cfg
 
 
