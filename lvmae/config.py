@@ -55,8 +55,12 @@ class EncoderConfig:
     image_size: int = 112
     pooling: str = "mean"  # mean | mean_std | mean_diff (over the K frames)
     checkpoint: str | None = None  # local dir/file for encoders that need weights
+    text_checkpoint: str | None = None  # local HF text-encoder dir (encoder.text=hf_text)
+    resize: str = "center_crop"  # center_crop | squash (how frames become image_size squares)
+    n_mels: int = 64  # logmel audio encoder: mel bands (embedding = mean+std per band)
     batch_frames: int = 64  # frames per encoder forward, across segments
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA; CPU always fp32)
 
 
 @dataclass
@@ -66,7 +70,13 @@ class ExtractConfig:
     out: str = "features"
     dtype: str = "float16"
     decode_workers: int = 2
+    decode_backend: str = "thread"  # thread | process (decode workers)
+    decode_threads: int = 0  # FFmpeg threads per decoded file; 0 = cores / workers
+    prefetch_segments: int = 64  # bound of the decoded-segment queue (memory cap)
     shard: str | None = None  # "i/n"; defaults to RANK/WORLD_SIZE when launched
+    id_from: str = "stem"  # stem | relpath: how a file becomes a video id
+    retry_failed: bool = False  # re-extract videos recorded as failed
+    keep_truncated: bool = False  # on a mid-file decode error keep the segments before it
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
