@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lvmae.errors import ConfigError
-from lvmae.models.config import ModelConfig, RopeConfig  # noqa: F401  (re-exported)
+from lvmae.models.config import ModelConfig, RopeConfig, check_model_config  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -81,9 +81,18 @@ class ExtractConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
+MASK_STRATEGIES = ("random", "semantic_mask_distinct", "semantic_keep_distinct", "block")
+
+
 @dataclass
 class MaskingConfig:
-    """Which segments the autoencoder must reconstruct (built in the collate step)."""
+    """Which segments the autoencoder must reconstruct (built in the collate step).
+
+    ``semantic_mask_distinct`` masks the segments least similar to their predecessor
+    (the LV-MAE paper's text); ``semantic_keep_distinct`` keeps them visible (the public
+    LV-MAE code); ``block`` masks contiguous spans of ``block_min..block_max`` segments.
+    See :mod:`lvmae.masking`.
+    """
 
     strategy: str = "random"  # random | semantic_mask_distinct | semantic_keep_distinct | block
     ratio: float = 0.5
@@ -221,11 +230,8 @@ def _check(cond: bool, msg: str) -> None:
 def validate(cfg: Config) -> Config:
     """Cross-field checks that types alone cannot express; raises ConfigError."""
     m, mk, s = cfg.model, cfg.masking, cfg.extract.segment
-    _check(m.width % m.heads == 0, f"model.width ({m.width}) must be divisible by model.heads ({m.heads})")
-    _check(
-        m.decoder_width % m.decoder_heads == 0,
-        f"model.decoder_width ({m.decoder_width}) must be divisible by model.decoder_heads ({m.decoder_heads})",
-    )
+    check_model_config(m)
+    _check(mk.strategy in MASK_STRATEGIES, f"masking.strategy must be one of {MASK_STRATEGIES}, got {mk.strategy!r}")
     _check(0.0 < mk.ratio < 1.0, f"masking.ratio must be in (0, 1), got {mk.ratio}")
     _check(1 <= mk.block_min <= mk.block_max, "masking.block_min must be >= 1 and <= masking.block_max")
     _check(s.seconds > 0, f"extract.segment.seconds must be > 0, got {s.seconds}")

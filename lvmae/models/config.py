@@ -8,11 +8,18 @@ from dataclasses import dataclass, field
 @dataclass
 class RopeConfig:
     """Position encoding. ``kind``: hope (hybrid RoPE + dynamic temporal scaling),
-    rope (plain rotary), sincos (1-D absolute, the LV-MAE paper's choice), none."""
+    rope (plain rotary: no zero-frequency pairs, no scaling), sincos (1-D absolute
+    embedding added to the tokens, the LV-MAE paper's choice), none.
+
+    Time positions are ``scale * segment_index``. With ``hope`` each training sequence
+    draws its scale from ``train_scales``; at eval the scale is ``eval_scale`` (1.0, the
+    centre of the training scales; HoPE uses 1.5 to stretch positions for long videos).
+    Other kinds use scale 1 unless a scale is passed to the model explicitly.
+    """
 
     kind: str = "hope"
     base: float = 10000.0
-    zero_freq_fraction: float = 0.25  # share of lowest-frequency pairs set to frequency 0
+    zero_freq_fraction: float = 0.25  # share of lowest-frequency pairs set to frequency 0 (hope)
     train_scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     eval_scale: float = 1.0
     modality_axis_fraction: float = 0.25  # share of rotary pairs given to the modality axis
@@ -23,7 +30,7 @@ class ModelConfig:
     """LV-MAE sizes. Defaults are a small CPU-friendly model; see configs/paper.yaml."""
 
     in_dim: int = 1280
-    num_modalities: int = 1
+    modality_dims: list[int] = field(default_factory=list)  # split of in_dim; empty = one modality
     modality_fusion: str = "concat"  # concat (then project) | tokens (one token per modality)
     l2_normalize_input: bool = True
     width: int = 256
@@ -33,10 +40,69 @@ class ModelConfig:
     decoder_width: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
+    qkv_bias: bool = True
     dropout: float = 0.0
     loss: str = "mse"  # mse | cosine
     norm_target: bool = False
     attention: str = "sdpa"  # sdpa | xformers | math
+    pack_sequences: bool = False  # varlen packing of ragged batches (one host sync per stack)
     checkpoint_activations: bool = False
-    max_len: int = 4096  # only bounds the sincos table
     rope: RopeConfig = field(default_factory=RopeConfig)
+
+
+ROPE_KINDS = ("hope", "rope", "sincos", "none")
+FUSIONS = ("concat", "tokens")
+LOSSES = ("mse", "cosine")
+ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
+
+
+def modality_dims(cfg: ModelConfig) -> list[int]:
+    """Dims of the modalities concatenated along the input's last axis (one modality = [in_dim])."""
+    return list(cfg.modality_dims) if cfg.modality_dims else [cfg.in_dim]
+
+
+def check_model_config(cfg: ModelConfig) -> ModelConfig:
+    """Cross-field checks, so a model built from Python fails as clearly as one built from YAML."""
+    from lvmae.errors import ConfigError
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    r = cfg.rope
+    for name, width, heads in (("", cfg.width, cfg.heads), ("decoder_", cfg.decoder_width, cfg.decoder_heads)):
+        need(width > 0 and heads > 0, f"model.{name}width and model.{name}heads must be > 0")
+        need(width % heads == 0, f"model.{name}width ({width}) must be divisible by model.{name}heads ({heads})")
+        need((width // heads) % 2 == 0, f"model.{name}width / model.{name}heads must be even (rotary pairs)")
+    need(cfg.in_dim > 0, f"model.in_dim must be > 0, got {cfg.in_dim}")
+    need(
+        not cfg.modality_dims or (sum(cfg.modality_dims) == cfg.in_dim and min(cfg.modality_dims) > 0),
+        f"model.modality_dims {list(cfg.modality_dims)} must be positive and sum to model.in_dim ({cfg.in_dim})",
+    )
+    need(cfg.depth >= 1 and cfg.decoder_depth >= 1, "model.depth and model.decoder_depth must be >= 1")
+    need(cfg.modality_fusion in FUSIONS, f"model.modality_fusion must be one of {FUSIONS}, got {cfg.modality_fusion!r}")
+    need(cfg.loss in LOSSES, f"model.loss must be one of {LOSSES}, got {cfg.loss!r}")
+    need(cfg.attention in ATTENTION_BACKENDS, f"model.attention must be one of {ATTENTION_BACKENDS}, got {cfg.attention!r}")
+    need(0.0 <= cfg.dropout < 1.0, f"model.dropout must be in [0, 1), got {cfg.dropout}")
+    need(r.kind in ROPE_KINDS, f"model.rope.kind must be one of {ROPE_KINDS}, got {r.kind!r}")
+    need(r.base > 1.0, f"model.rope.base must be > 1, got {r.base}")
+    need(0.0 <= r.zero_freq_fraction <= 1.0, "model.rope.zero_freq_fraction must be in [0, 1]")
+    need(0.0 <= r.modality_axis_fraction < 1.0, "model.rope.modality_axis_fraction must be in [0, 1)")
+    need(len(r.train_scales) > 0 and min(r.train_scales) > 0, "model.rope.train_scales must be non-empty and > 0")
+    need(r.eval_scale > 0, f"model.rope.eval_scale must be > 0, got {r.eval_scale}")
+    return cfg
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """Inverse of ``dataclasses.asdict`` (e.g. an exported ``config.json``); unknown keys are errors."""
+    from dataclasses import fields
+
+    from lvmae.errors import ConfigError
+
+    d = dict(d)
+    rope = d.pop("rope", {}) or {}
+    for cls, values in ((ModelConfig, d), (RopeConfig, rope)):
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return check_model_config(ModelConfig(**d, rope=RopeConfig(**rope)))
