@@ -59,7 +59,8 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
 
 
-@pytest.mark.parametrize("path", sorted(ROOT.glob("configs/**/*.yaml")) + sorted(ROOT.glob("pretrain/**/*.yaml")),
+@pytest.mark.parametrize("path", sorted(ROOT.glob("configs/**/*.yaml")) + sorted(ROOT.glob("pretrain/**/*.yaml"))
+                         + sorted(ROOT.glob("probe/**/*.yaml")),
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_yaml_loads(path):
     load_config([path])
