@@ -1,0 +1,218 @@
+"""``run_probe``: every task x method x seed of one benchmark, from one config.
+
+Labels -> store ids (missing features reported, the rest go on) -> one raw
+feature bank for the union of all tasks' videos -> LV-MAE encoder outputs once
+per video (cached) -> fits -> tables and plots. Each finished fit is appended to
+``progress.jsonl`` under a fingerprint of everything that changes its result, so
+a rerun of the same command skips what is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lvmae.benchmarks import CLASSIFICATION, MatchedTask, load_labels, match_to_store
+from lvmae.config import Config, save_config
+from lvmae.errors import ConfigError, DataError
+from lvmae.io import atomic_write_json
+from lvmae.probe.bank import SequenceBank, load_bank
+from lvmae.probe.encoder import (
+    cache_key,
+    cached_encode,
+    checkpoint_digest,
+    encode_bank,
+    load_encoder,
+)
+from lvmae.probe.heads import AttentiveProbe, LinearProbe
+from lvmae.probe.methods import Method, select_methods
+from lvmae.probe.report import write_report
+from lvmae.probe.train import FitResult, TrainSettings, fit_head, fit_sklearn
+from lvmae.store import FeatureStore, config_hash
+
+log = logging.getLogger("lvmae.probe")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def state_digest(model: nn.Module) -> str:
+    """Content hash of a module's weights (for caching outputs of an encoder passed in directly)."""
+    import hashlib
+
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Progress:
+    """Finished fits, one JSON line each, appended durably, keyed by (fingerprint, task/method/seed)."""
+
+    def __init__(self, path: Path):
+        self.path, self.done = path, {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # torn last line of a killed run
+                self.done[(rec["fingerprint"], rec["key"])] = rec["result"]
+
+    def add(self, fingerprint: str, key: str, result: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"fingerprint": fingerprint, "key": key, "result": result}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[(fingerprint, key)] = result
+
+
+@dataclasses.dataclass
+class _Context:
+    """What every fit of a run shares."""
+
+    cfg: Config
+    banks: dict[str, SequenceBank]
+    device: torch.device
+    pooled: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def mean(self, features: str) -> torch.Tensor:
+        if features not in self.pooled:
+            self.pooled[features] = self.banks[features].mean()
+        return self.pooled[features]
+
+
+def _fit(ctx: _Context, task: MatchedTask, method: Method, seed: int) -> FitResult:
+    pc, spec = ctx.cfg.probe, task.spec
+    bank = ctx.banks[method.features]
+    rows = {s: bank.rows(sp.store_ids) for s, sp in task.splits.items()}
+    y = {s: sp.y for s, sp in task.splits.items()}
+    if method.head == "sklearn":
+        pooled = ctx.mean(method.features)
+        return fit_sklearn({s: pooled[r].numpy() for s, r in rows.items()}, y, spec, list(pc.sklearn_grid), seed)
+    torch.manual_seed(seed)
+    out = spec.num_classes if spec.kind == CLASSIFICATION else 1
+    if method.head == "linear":
+        pooling = pc.pooling if bank.cls is not None else "mean"
+        head: nn.Module = LinearProbe(bank.dim, out, pooling)
+    else:
+        head = AttentiveProbe(bank.dim, out, pc.attn_heads, pc.attn_queries)
+    st = TrainSettings(pc.epochs, pc.lr, pc.min_lr, pc.weight_decay, pc.batch_size, pc.warmup_epochs, pc.schedule)
+    return fit_head(head, bank, rows, y, spec, st, seed, ctx.device)
+
+
+def _encoded_bank(cfg: Config, store: FeatureStore, raw: SequenceBank, encoder: nn.Module | None,
+                  device: torch.device) -> tuple[SequenceBank, str]:
+    """LV-MAE outputs for every video, and the encoder's digest (for the run fingerprint)."""
+    pc = cfg.probe
+    if encoder is None:
+        encoder, _ = load_encoder(pc.checkpoint, device)  # type: ignore[arg-type]
+        digest = checkpoint_digest(pc.checkpoint)  # type: ignore[arg-type]
+    else:
+        encoder = encoder.to(device).eval()
+        digest = state_digest(encoder)
+    in_dim = getattr(getattr(encoder, "cfg", None), "in_dim", None)
+    if in_dim is not None and in_dim != raw.dim:
+        raise DataError(f"the LV-MAE encoder takes {in_dim}-d inputs but probe.modalities {pc.modalities} "
+                        f"in {pc.store} give {raw.dim}-d; use the modalities it was pretrained on")
+    if not pc.cache:
+        return encode_bank(encoder, raw, pc.encode_batch, device, pc.scale, cfg.run.progress), digest
+    key = cache_key(digest, store, {"modalities": list(pc.modalities), "max_len": pc.max_len, "scale": pc.scale})
+    root = pc.cache_dir or str(Path(cfg.run.out_dir) / "encoded")
+    bank = cached_encode(encoder, raw, root, key, pc.encode_batch, device, pc.scale, cfg.run.progress,
+                         {"checkpoint": str(pc.checkpoint), "digest": digest})
+    return bank, digest
+
+
+def _aggregate(per_seed: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    tests = np.asarray([r["test"] for _, r in per_seed], dtype=np.float64)
+    vals = np.asarray([r["val"] for _, r in per_seed], dtype=np.float64)
+    confs = [r["confusion"] for _, r in per_seed if r.get("confusion") is not None]
+    return {
+        "mean": float(tests.mean()), "std": float(tests.std(ddof=1)) if len(tests) > 1 else 0.0,
+        "val_mean": float(vals.mean()), "seeds": [{"seed": s, **r} for s, r in per_seed],
+        "confusion": np.sum(confs, axis=0).tolist() if confs else None,
+    }
+
+
+def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedTask], Any, str]:
+    pc = cfg.probe
+    if not pc.store:
+        raise ConfigError("probe.store is not set (the feature store of the benchmark's videos)")
+    labels = load_labels(pc.benchmark, pc.labels, list(pc.tasks))
+    store = FeatureStore.open(pc.store)
+    usable = [v for v in store.video_ids if store.num_segments(v) > 0]
+    tasks, report = match_to_store(labels, usable, pc.val_fraction)
+    for line in report.summary():
+        log.info("%s/%s", labels.name, line)
+    n_missing = sum(len(v) for v in report.missing.values())
+    if n_missing:
+        log.warning("%d labelled (task, video) pairs have no features in %s; going on without them "
+                    "(list: %s)", n_missing, pc.store, Path(cfg.run.out_dir) / "missing_features.json")
+    atomic_write_json(Path(cfg.run.out_dir) / "missing_features.json", report.to_dict())
+    return store, tasks, report, labels.name
+
+
+def run_probe(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
+    """Probe every task of ``cfg.probe.benchmark`` with every method and seed; write the report.
+
+    ``encoder`` (anything with ``encode(x, valid, scale) -> {"tokens", "cls", "valid"}``)
+    overrides ``probe.checkpoint`` for the ``lvmae_*`` methods. Returns the summary
+    that is also written to ``results.json``.
+    """
+    from tqdm.auto import tqdm
+
+    t0, pc, out_dir = time.time(), cfg.probe, Path(cfg.run.out_dir)
+    device = resolve_device(cfg.run.device)
+    methods, skipped = select_methods(list(pc.methods), encoder is not None or bool(pc.checkpoint))
+    store, tasks, report, bench = _prepare(cfg)
+    ids = sorted({sid for t in tasks.values() for sp in t.splits.values() for sid in sp.store_ids})
+    banks = {"raw": load_bank(store, ids, list(pc.modalities), pc.max_len, cfg.run.progress)}
+    digest = ""
+    if any(m.features == "lvmae" for m in methods):
+        banks["lvmae"], digest = _encoded_bank(cfg, store, banks["raw"], encoder, device)
+    probe_cfg = {k: v for k, v in dataclasses.asdict(pc).items() if k not in ("tasks", "methods", "seeds")}
+    fingerprint = config_hash({"probe": probe_cfg, "store": store.config_hash, "matched": report.matched})
+    progress = _Progress(out_dir / "progress.jsonl")
+    ctx = _Context(cfg, banks, device)
+    results: dict[str, dict[str, Any]] = {}
+    units = [(t, m, s) for t in tasks for m in methods for s in pc.seeds]
+    for task, method, seed in tqdm(units, desc="probing", unit="fit", disable=not cfg.run.progress):
+        fp = config_hash([fingerprint, digest]) if method.features == "lvmae" else fingerprint
+        key = f"{task}/{method.name}/{seed}"
+        first = (fp, f"{task}/{method.name}/{pc.seeds[0]}")
+        if (fp, key) not in progress.done and method.head == "sklearn" and first in progress.done:
+            # deterministic solvers (lbfgs, closed-form ridge): another seed gives the same fit
+            progress.add(fp, key, {**progress.done[first], "same_as_seed": pc.seeds[0]})
+        elif (fp, key) not in progress.done:
+            progress.add(fp, key, _fit(ctx, tasks[task], method, seed).to_dict())
+        results.setdefault(task, {}).setdefault(method.name, []).append((seed, progress.done[(fp, key)]))
+    summary = {
+        "benchmark": bench, "labels": pc.labels, "store": pc.store, "checkpoint": pc.checkpoint,
+        "device": str(device), "methods": [m.name for m in methods], "skipped_methods": skipped,
+        "tasks": {name: {"kind": t.spec.kind, "metric": t.spec.metric, "num_classes": t.spec.num_classes,
+                         "class_names": list(t.spec.class_names), "val_carved": t.val_carved,
+                         "n": {s: len(sp) for s, sp in t.splits.items()}} for name, t in tasks.items()},
+        "results": {t: {m: _aggregate(v) for m, v in r.items()} for t, r in results.items()},
+        "matching": report.to_dict(), "config": dataclasses.asdict(cfg), "fingerprint": fingerprint,
+        "elapsed_s": round(time.time() - t0, 3),
+    }
+    save_config(cfg, out_dir)
+    summary["files"] = {k: str(p) for k, p in write_report(summary, out_dir).items()}
+    return summary
