@@ -1,0 +1,72 @@
+"""Export the LV-MAE encoder so it loads without DeepSpeed or the training code.
+
+A directory holds ``encoder.safetensors`` (encoder-side weights: input projection,
+[CLS], encoder blocks and final norm; no decoder) and ``config.json``
+(``{"format": ..., "model": ModelConfig as a dict, "extra": {...}}``). Each file is
+written atomically and ``config.json`` last, so a directory with a config always has
+its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lvmae.errors import DataError, LvmaeError
+from lvmae.io import atomic_write, atomic_write_json
+from lvmae.models.config import model_config_from_dict
+from lvmae.models.lvmae import LVMAE
+
+FORMAT = "lvmae-encoder/1"
+WEIGHTS = "encoder.safetensors"
+CONFIG = "config.json"
+
+
+def save_pretrained(model: LVMAE, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``model``'s encoder and config (plus JSON-serialisable ``extra``) to ``directory``."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    meta = {"format": FORMAT, "model": dataclasses.asdict(model.cfg), "extra": extra or {}}
+    try:
+        json.dumps(meta)
+    except TypeError as e:
+        raise LvmaeError(f"save_pretrained: extra must be JSON-serialisable ({e})") from None
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.encoder_state_dict().items()}
+    atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write_json(d / CONFIG, meta)
+    return d
+
+
+def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LVMAE, dict]:
+    """Load an exported encoder: ``(model in eval mode, without decoder; extra)``.
+
+    Raises :class:`DataError` when the directory is not a complete export or its weights
+    do not match its config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
+        raise DataError(f"{d} is not an exported LV-MAE encoder (needs {CONFIG} and {WEIGHTS})")
+    try:
+        meta = json.loads((d / CONFIG).read_text(encoding="utf-8"))
+        tensors = load_file(str(d / WEIGHTS))
+    except (json.JSONDecodeError, SafetensorError, OSError) as e:
+        raise DataError(f"{d}: unreadable export ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{d / CONFIG}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    model = LVMAE(model_config_from_dict(meta["model"]), with_decoder=False)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise DataError(f"{d / WEIGHTS} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise DataError(f"{d / WEIGHTS} does not match its config: {str(e).splitlines()[-1].strip()}") from None
+    return model.to(device).eval(), meta.get("extra", {})
