@@ -171,9 +171,9 @@ def _resolve(rec: LabelRecord, exact: set[str], index: dict[str, set[str]]) -> t
 def carve_val(store_ids: Sequence[str], fraction: float, salt: str) -> np.ndarray:
     """Boolean mask ``[N]`` choosing a reproducible validation subset of a training split.
 
-    Videos are ranked by a hash of ``salt`` and their id (not by file order, not by
-    an RNG stream), so the same video lands in val whatever else is in the store.
-    At least one video goes to val and at least one stays in train.
+    Videos are ranked by a hash of ``salt`` and their id (not by file order or an RNG
+    stream), so the split is reproducible and unaffected by the order of the ids or by
+    unlabelled videos in the store. At least one video goes to val and one stays in train.
     """
     n = len(store_ids)
     if n < 2:

@@ -59,10 +59,16 @@ class SequenceBank:
         except KeyError as e:
             raise DataError(f"video {e.args[0]!r} is not in the loaded features") from None
 
+    def to(self, device: torch.device | str) -> SequenceBank:
+        """The same bank with its tensors on ``device`` (batches are then gathered there)."""
+        cls = self.cls.to(device) if self.cls is not None else None
+        return SequenceBank(self.ids, self.flat.to(device), self.offsets.to(device), self.lengths.to(device), cls)
+
     def batch(self, rows: Tensor, device: torch.device | str | None = None) -> Batch:
         """Padded float32 batch of the given rows, moved to ``device``."""
+        rows = rows.to(self.flat.device)
         lengths = self.lengths[rows]
-        steps = torch.arange(int(lengths.max()))
+        steps = torch.arange(int(lengths.max()), device=rows.device)
         valid = steps[None, :] < lengths[:, None]
         index = torch.where(valid, self.offsets[rows][:, None] + steps[None, :], 0)
         x = self.flat[index].float() * valid[..., None]
@@ -76,7 +82,7 @@ class SequenceBank:
         """Mean over each sequence, ``[N, D]`` float32 (one scatter-add, no loop)."""
         order = torch.argsort(self.offsets)  # rows in the order their sequences lie in flat
         owner = torch.repeat_interleave(order, self.lengths[order])
-        sums = torch.zeros(len(self), self.dim).index_add_(0, owner, self.flat.float())
+        sums = torch.zeros(len(self), self.dim, device=self.flat.device).index_add_(0, owner, self.flat.float())
         return sums / self.lengths[:, None].clamp(min=1).float()
 
 

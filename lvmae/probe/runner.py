@@ -10,6 +10,7 @@ a rerun of the same command skips what is done.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -52,8 +53,6 @@ def resolve_device(name: str) -> torch.device:
 
 def state_digest(model: nn.Module) -> str:
     """Content hash of a module's weights (for caching outputs of an encoder passed in directly)."""
-    import hashlib
-
     h = hashlib.sha256(type(model).__qualname__.encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
@@ -94,7 +93,7 @@ class _Context:
 
     def mean(self, features: str) -> torch.Tensor:
         if features not in self.pooled:
-            self.pooled[features] = self.banks[features].mean()
+            self.pooled[features] = self.banks[features].mean().cpu()
         return self.pooled[features]
 
 
@@ -169,6 +168,38 @@ def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedTask], Any, st
     return store, tasks, report, labels.name
 
 
+LVMAE_ONLY = ("checkpoint", "scale", "encode_batch", "cache", "cache_dir", "pooling")
+
+
+def _fingerprints(cfg: Config, store: FeatureStore, report: Any, digest: str) -> dict[str, str]:
+    """What a fit's result depends on, per feature kind: raw fits survive a change of checkpoint."""
+    skip = ("tasks", "methods", "seeds", *LVMAE_ONLY)
+    probe = {k: v for k, v in dataclasses.asdict(cfg.probe).items() if k not in skip}
+    raw = config_hash({"probe": probe, "store": store.config_hash, "matched": report.matched})
+    lvmae = config_hash([raw, digest, cfg.probe.pooling, cfg.probe.scale])
+    return {"raw": raw, "lvmae": lvmae}
+
+
+def _run_fits(ctx: _Context, tasks: dict[str, MatchedTask], methods: list[Method], fps: dict[str, str],
+              progress: _Progress) -> dict[str, dict[str, list]]:
+    """Every task x method x seed not yet in ``progress``; returns ``{task: {method: [(seed, result)]}}``."""
+    from tqdm.auto import tqdm
+
+    seeds = list(ctx.cfg.probe.seeds)
+    results: dict[str, dict[str, list]] = {}
+    units = [(t, m, s) for t in tasks for m in methods for s in seeds]
+    for task, method, seed in tqdm(units, desc="probing", unit="fit", disable=not ctx.cfg.run.progress):
+        fp, key = fps[method.features], f"{task}/{method.name}/{seed}"
+        first = (fp, f"{task}/{method.name}/{seeds[0]}")
+        if (fp, key) not in progress.done and method.head == "sklearn" and first in progress.done:
+            # deterministic solvers (lbfgs, closed-form ridge): another seed gives the same fit
+            progress.add(fp, key, {**progress.done[first], "same_as_seed": seeds[0]})
+        elif (fp, key) not in progress.done:
+            progress.add(fp, key, _fit(ctx, tasks[task], method, seed).to_dict())
+        results.setdefault(task, {}).setdefault(method.name, []).append((seed, progress.done[(fp, key)]))
+    return results
+
+
 def run_probe(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
     """Probe every task of ``cfg.probe.benchmark`` with every method and seed; write the report.
 
@@ -176,8 +207,6 @@ def run_probe(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
     overrides ``probe.checkpoint`` for the ``lvmae_*`` methods. Returns the summary
     that is also written to ``results.json``.
     """
-    from tqdm.auto import tqdm
-
     t0, pc, out_dir = time.time(), cfg.probe, Path(cfg.run.out_dir)
     device = resolve_device(cfg.run.device)
     methods, skipped = select_methods(list(pc.methods), encoder is not None or bool(pc.checkpoint))
@@ -187,22 +216,10 @@ def run_probe(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
     digest = ""
     if any(m.features == "lvmae" for m in methods):
         banks["lvmae"], digest = _encoded_bank(cfg, store, banks["raw"], encoder, device)
-    probe_cfg = {k: v for k, v in dataclasses.asdict(pc).items() if k not in ("tasks", "methods", "seeds")}
-    fingerprint = config_hash({"probe": probe_cfg, "store": store.config_hash, "matched": report.matched})
-    progress = _Progress(out_dir / "progress.jsonl")
-    ctx = _Context(cfg, banks, device)
-    results: dict[str, dict[str, Any]] = {}
-    units = [(t, m, s) for t in tasks for m in methods for s in pc.seeds]
-    for task, method, seed in tqdm(units, desc="probing", unit="fit", disable=not cfg.run.progress):
-        fp = config_hash([fingerprint, digest]) if method.features == "lvmae" else fingerprint
-        key = f"{task}/{method.name}/{seed}"
-        first = (fp, f"{task}/{method.name}/{pc.seeds[0]}")
-        if (fp, key) not in progress.done and method.head == "sklearn" and first in progress.done:
-            # deterministic solvers (lbfgs, closed-form ridge): another seed gives the same fit
-            progress.add(fp, key, {**progress.done[first], "same_as_seed": pc.seeds[0]})
-        elif (fp, key) not in progress.done:
-            progress.add(fp, key, _fit(ctx, tasks[task], method, seed).to_dict())
-        results.setdefault(task, {}).setdefault(method.name, []).append((seed, progress.done[(fp, key)]))
+    if device.type == "cuda":  # gather batches on the GPU: no host-to-device copy per step
+        banks = {k: b.to(device) for k, b in banks.items()}
+    fps = _fingerprints(cfg, store, report, digest)
+    results = _run_fits(_Context(cfg, banks, device), tasks, methods, fps, _Progress(out_dir / "progress.jsonl"))
     summary = {
         "benchmark": bench, "labels": pc.labels, "store": pc.store, "checkpoint": pc.checkpoint,
         "device": str(device), "methods": [m.name for m in methods], "skipped_methods": skipped,
@@ -210,7 +227,7 @@ def run_probe(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
                          "class_names": list(t.spec.class_names), "val_carved": t.val_carved,
                          "n": {s: len(sp) for s, sp in t.splits.items()}} for name, t in tasks.items()},
         "results": {t: {m: _aggregate(v) for m, v in r.items()} for t, r in results.items()},
-        "matching": report.to_dict(), "config": dataclasses.asdict(cfg), "fingerprint": fingerprint,
+        "matching": report.to_dict(), "config": dataclasses.asdict(cfg), "fingerprints": fps,
         "elapsed_s": round(time.time() - t0, 3),
     }
     save_config(cfg, out_dir)
