@@ -89,6 +89,7 @@ class LVMAE(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.encoder = Transformer(cfg.width, cfg.depth, cfg.heads, **rot)
         self.register_buffer("enc_freqs", self._frequencies(cfg.width // cfg.heads), persistent=False)
+        self.register_buffer("train_scales", torch.tensor(cfg.rope.train_scales, dtype=torch.float32), persistent=False)
         self.has_decoder = with_decoder
         if with_decoder:
             dw = cfg.decoder_width
@@ -151,13 +152,11 @@ class LVMAE(nn.Module):
         """Per-sequence temporal scale ``[B]`` float32 (see :class:`RopeConfig`)."""
         r = self.cfg.rope
         if scale is not None:
-            scale = torch.as_tensor(scale, dtype=torch.float32, device=device).expand(batch)
-            return scale
+            return torch.as_tensor(scale, dtype=torch.float32, device=device).expand(batch)
         if r.kind != "hope":
             return torch.ones(batch, device=device)
         if train:
-            choices = torch.tensor(r.train_scales, dtype=torch.float32, device=device)
-            return choices[torch.randint(len(choices), (batch,), device=device)]
+            return self.train_scales[torch.randint(len(self.train_scales), (batch,), device=device)].float()
         return torch.full((batch,), r.eval_scale, device=device)
 
     # -------------------------------------------------------------- positions
