@@ -134,7 +134,7 @@ def plot_confusion(summary: dict[str, Any], task: str, path: Path) -> Path:
         if len(names) <= 20:
             ticks = np.arange(len(names))
             ax.set_xticks(ticks, [n[:12] for n in names], rotation=90, fontsize=6)
-            ax.set_yticks(ticks, [n[:12] for n in names], fontsize=6)
+            ax.set_yticks(ticks, [n[:12] for n in names] if j == 0 else [], fontsize=6)
     fig.colorbar(im, ax=fig.axes, shrink=0.8)
     fig.suptitle(f"{summary['benchmark']}/{task}: test confusion (rows normalised)", fontsize=10)
     return _save(fig, path)
