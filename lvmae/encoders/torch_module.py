@@ -1,0 +1,179 @@
+"""Any ``torch.nn.Module`` as a frozen segment encoder (the generic hook).
+
+Every built-in torch encoder (EfficientNet-Lite0, Hugging Face CLIP towers) is a
+:class:`TorchEncoder` too: a module plus a preprocessing callable. Frame-level vision
+modules see ``[B*K, ...]`` frames and their per-frame features are pooled over the ``K``
+frames of each segment (:func:`pool_frames`); clip-level modules (video towers) see the
+whole ``[B, K, H, W, 3]`` clip and return ``[B, D]`` themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lvmae.encoders.base import MODALITIES, POOLINGS, RESIZE_MODES, Waveforms
+from lvmae.errors import ConfigError
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> this rank's CUDA device (``LOCAL_RANK``) when there is one, else ``cpu``."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def pool_frames(f: Tensor, mode: str) -> Tensor:
+    """Pool per-frame features ``[B, K, D]`` into a segment embedding.
+
+    ``mean`` -> ``[B, D]``; ``mean_std`` -> ``[B, 2D]`` (mean, population std over frames);
+    ``mean_diff`` -> ``[B, 2D]`` (mean, mean absolute difference of consecutive frames:
+    how much the content moves inside the segment; zeros when ``K == 1``).
+    """
+    mean = f.mean(1)
+    if mode == "mean":
+        return mean
+    if mode == "mean_std":
+        return torch.cat([mean, f.std(1, unbiased=False)], -1)
+    if mode == "mean_diff":
+        diff = (f[:, 1:] - f[:, :-1]).abs().mean(1) if f.shape[1] > 1 else torch.zeros_like(mean)
+        return torch.cat([mean, diff], -1)
+    raise ConfigError(f"encoder.pooling must be one of {list(POOLINGS)}, got {mode!r}")
+
+
+def fingerprint_module(module: nn.Module) -> str:
+    """Short hash of a module's parameters and buffers (names, shapes, dtypes, values)."""
+    h = hashlib.sha1()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def default_output(out: Any) -> Tensor:
+    """Module output -> ``[N, D]``: a tensor (spatial maps are mean-pooled) or ``pooler_output``."""
+    if not isinstance(out, Tensor):
+        for key in ("image_embeds", "text_embeds", "pooler_output"):
+            val = getattr(out, key, None)
+            if isinstance(val, Tensor):
+                return val
+        raise TypeError(f"cannot take an embedding from module output of type {type(out).__name__}")
+    return out.flatten(2).mean(-1) if out.dim() > 2 else out
+
+
+def unit_range(x: Tensor) -> Tensor:
+    """Default vision preprocessing: ``uint8 [N, H, W, 3]`` -> float ``[N, 3, H, W]`` in [0, 1].
+
+    The permute of a contiguous NHWC tensor is already channels-last, the fast conv layout.
+    """
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class TorchEncoder:
+    """A frozen ``nn.Module`` behind the :class:`~lvmae.encoders.base.Encoder` protocol.
+
+    ``preprocess`` maps the modality's raw batch (already on the device for vision and
+    audio; a ``list[str]`` for text) to the module's input (a tensor or a dict of keyword
+    tensors). ``output`` maps the module's output to ``[N, D]``. ``dim`` is found with one
+    dummy forward when not given. ``version`` defaults to a fingerprint of the weights.
+    """
+
+    def __init__(
+        self, name: str, module: nn.Module, modality: str = "vision", *,
+        preprocess: Callable[[Any], Any] | None = None, output: Callable[[Any], Tensor] | None = None,
+        frame_level: bool = True, pooling: str = "mean", image_size: int | None = None,
+        resize: str = "center_crop", sample_rate: int | None = None, dim: int | None = None,
+        device: str = "cpu", precision: str = "fp32", version: str | None = None,
+    ):
+        _check_args(modality, pooling, resize, image_size, sample_rate, precision)
+        self.name, self.modality = name, modality
+        self.frame_level = frame_level and modality == "vision"
+        self.pooling, self.image_size, self.resize, self.sample_rate = pooling, image_size, resize, sample_rate
+        self.version = version or fingerprint_module(module)
+        self.device = torch.device(resolve_device(device))
+        self.module = module.eval().requires_grad_(False).to(self.device)
+        if modality == "vision":
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.preprocess = preprocess or (unit_range if modality == "vision" else _identity)
+        self.output = output or default_output
+        self.precision = precision
+        self.dim = int(dim) if dim is not None else self._probe_dim()
+
+    def input_spec(self) -> dict[str, Any]:
+        if self.modality == "vision":
+            spec = {"image_size": self.image_size, "resize": self.resize, "frame_level": self.frame_level}
+            return {**spec, "pooling": self.pooling} if self.frame_level else spec
+        if self.modality == "audio":
+            return {"sample_rate": self.sample_rate}
+        return {}
+
+    @torch.inference_mode()
+    def encode(self, batch: Any) -> Tensor:
+        """Raw modality batch (see :mod:`lvmae.encoders.base`) -> ``[B, dim]`` float32 CPU."""
+        if self.modality == "vision":
+            clips = torch.as_tensor(batch).to(self.device, non_blocking=True)
+            b, k = clips.shape[:2]
+            if not self.frame_level:
+                return self._forward(self.preprocess(clips)).float().cpu()
+            feats = self._forward(self.preprocess(clips.reshape(b * k, *clips.shape[2:])))
+            return pool_frames(feats.float().reshape(b, k, -1), self.pooling).cpu()
+        if self.modality == "audio":
+            batch = Waveforms(batch.wave.to(self.device), batch.lengths.to(self.device))
+            return self._forward(self.preprocess(batch)).float().cpu()
+        return self._forward(_to_device(self.preprocess(list(batch)), self.device)).float().cpu()
+
+    def _forward(self, x: Any) -> Tensor:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        amp = (torch.autocast(self.device.type, dtype=dtype)
+               if dtype is not None and self.device.type == "cuda" else contextlib.nullcontext())
+        with amp:
+            out = self.module(**x) if isinstance(x, dict) else self.module(x)
+        return self.output(out)
+
+    def _probe_dim(self) -> int:
+        if self.modality == "vision":
+            s = self.image_size
+            dummy: Any = torch.zeros(1, 2, s, s, 3, dtype=torch.uint8)
+        elif self.modality == "audio":
+            n = int(self.sample_rate)
+            dummy = Waveforms(torch.zeros(1, n), torch.tensor([n]))
+        else:
+            dummy = ["probe"]
+        return int(self.encode(dummy).shape[-1])
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, dict) or hasattr(x, "items"):
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in x.items()}
+    return x
+
+
+def _check_args(modality: str, pooling: str, resize: str, image_size: int | None,
+                sample_rate: int | None, precision: str) -> None:
+    if modality not in MODALITIES:
+        raise ConfigError(f"encoder modality must be one of {list(MODALITIES)}, got {modality!r}")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"encoder.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"encoder.resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"encoder.precision must be fp32, fp16 or bf16, got {precision!r}")
+    if modality == "vision" and not (image_size and image_size > 0):
+        raise ConfigError("a vision encoder needs a positive image_size")
+    if modality == "audio" and not (sample_rate and sample_rate > 0):
+        raise ConfigError("an audio encoder needs a positive sample_rate")

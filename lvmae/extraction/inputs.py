@@ -1,0 +1,111 @@
+"""Which videos to extract: files, directories, list files -> ``VideoItem(video_id, path)``.
+
+Video ids are what the rest of lvmae joins on (label files name videos by id):
+``stem`` (default) is the file name without extension, e.g. a YouTube id for LVU/COIN;
+``relpath`` is the path below the directory (or list file) it was found through, without
+extension, e.g. ``P03/cam01/P03_cereals`` for Breakfast. Two different files with one id
+are refused up front: they would overwrite each other's features.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvmae.errors import DataError
+
+VIDEO_EXTS = frozenset({
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv",
+    ".ts", ".mts", ".m2ts", ".3gp", ".ogv", ".vob", ".mxf", ".divx", ".dv",
+})
+LIST_EXTS = frozenset({".txt", ".lst", ".list"})
+ID_FROM = ("stem", "relpath")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    video_id: str
+    path: str
+
+
+def _make_id(path: Path, base: Path, id_from: str) -> str:
+    if id_from == "stem":
+        return path.stem
+    try:
+        rel = path.resolve().relative_to(base.resolve())
+    except ValueError:
+        rel = Path(path.name)
+    return rel.with_suffix("").as_posix()
+
+
+def _from_dir(d: Path, id_from: str) -> list[VideoItem]:
+    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    return [VideoItem(_make_id(p, d, id_from), str(p)) for p in files]
+
+
+def _from_list(f: Path, id_from: str) -> list[VideoItem]:
+    """One video per line (``PATH`` or ``ID<TAB>PATH``); relative paths are below the list's folder.
+
+    Listed files that do not exist are kept: they are recorded as failed, not fatal.
+    """
+    out = []
+    for line in f.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        vid, _, path = line.rpartition("\t")
+        p = Path(path.strip()) if Path(path.strip()).is_absolute() else f.parent / path.strip()
+        out.append(VideoItem(vid.strip() or _make_id(p, f.parent, id_from), str(p)))
+    return out
+
+
+def collect_videos(inputs: str | os.PathLike | Iterable | Mapping, id_from: str = "stem") -> list[VideoItem]:
+    """Expand ``inputs`` into videos sorted by id.
+
+    ``inputs``: a path or a list of paths (video files, directories searched recursively for
+    video extensions, ``.txt``/``.lst``/``.list`` files listing videos), a ``{id: path}``
+    mapping, or ``(id, path)`` pairs / :class:`VideoItem` objects.
+    """
+    if id_from not in ID_FROM:
+        raise DataError(f"id_from must be one of {list(ID_FROM)}, got {id_from!r}")
+    if isinstance(inputs, Mapping):
+        items = [VideoItem(str(k), str(v)) for k, v in inputs.items()]
+    else:
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        items = []
+        for x in inputs:
+            items.extend(_expand(x, id_from))
+    return _dedupe(items)
+
+
+def _expand(x: object, id_from: str) -> list[VideoItem]:
+    if isinstance(x, VideoItem):
+        return [x]
+    if isinstance(x, tuple) and len(x) == 2:
+        return [VideoItem(str(x[0]), str(x[1]))]
+    p = Path(x)  # type: ignore[arg-type]
+    if p.is_dir():
+        return _from_dir(p, id_from)
+    if p.is_file() and p.suffix.lower() in LIST_EXTS:
+        return _from_list(p, id_from)
+    if not p.exists():
+        raise DataError(f"no such video, directory or list file: {p}")
+    return [VideoItem(_make_id(p, p.parent, id_from), str(p))]
+
+
+def _dedupe(items: list[VideoItem]) -> list[VideoItem]:
+    by_id: dict[str, VideoItem] = {}
+    clashes = []
+    for it in items:
+        old = by_id.get(it.video_id)
+        if old is not None and Path(old.path).resolve() != Path(it.path).resolve():
+            clashes.append(f"{it.video_id!r}: {old.path} and {it.path}")
+        by_id.setdefault(it.video_id, it)
+    if clashes:
+        more = f" (+{len(clashes) - 3} more)" if len(clashes) > 3 else ""
+        raise DataError(f"{len(clashes)} video id(s) name different files: {'; '.join(clashes[:3])}{more}; "
+                        "use id_from=relpath (--id-from relpath) or rename them")
+    return sorted(by_id.values(), key=lambda it: it.video_id)

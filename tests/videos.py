@@ -1,0 +1,138 @@
+"""Tiny real video files for the extraction tests, written with PyAV.
+
+Frame ``i`` is a flat colour that encodes ``i`` (red = 8 * (i % 32), green = 64 * (i // 32)),
+so a test can tell which frame the decoder sampled from its pixels, through lossy codecs.
+Audio is a linear ramp in time (``t / seconds``), so a test can tell where a cut starts.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+CODECS = {".mp4": ("libx264", "aac"), ".webm": ("libvpx-vp9", "libopus"),
+          ".avi": ("mpeg4", "pcm_s16le"), ".mkv": ("libx264", "pcm_s16le")}
+
+
+def frame_rgb(i: int, size: int = 64) -> np.ndarray:
+    img = np.zeros((size, size, 3), np.uint8)
+    img[..., 0] = (i % 32) * 8
+    img[..., 1] = (i // 32) % 4 * 64
+    return img
+
+
+def frame_index(rgb: np.ndarray) -> int:
+    """Inverse of :func:`frame_rgb` from the centre of a decoded frame ``[H, W, 3]``."""
+    h, w = rgb.shape[:2]
+    c = rgb[h // 4: 3 * h // 4, w // 4: 3 * w // 4].reshape(-1, 3).astype(float).mean(0)
+    return int(round(c[0] / 8)) + 32 * int(round(c[1] / 64))
+
+
+def _add_audio(c: av.container.OutputContainer, codec: str, seconds: float, rate: int) -> av.stream.Stream:
+    a = c.add_stream(codec, rate=48000 if codec == "libopus" else rate)
+    a.layout = "mono"
+    return a
+
+
+def _encode_audio(c, a, seconds: float) -> None:
+    sr = a.rate
+    fmt = "s16" if a.codec_context.name == "pcm_s16le" else "fltp"
+    if a.codec_context.name in ("aac", "libopus"):
+        fmt = a.codec_context.format.name
+    total, step, t = int(round(seconds * sr)), a.frame_size or 1024, 0
+    while t < total:
+        n = min(step, total - t)
+        x = (np.arange(t, t + n) / total).astype(np.float32)[None]  # ramp 0 -> 1
+        data = np.round(x * 32767).astype(np.int16) if fmt == "s16" else x
+        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = sr, t, Fraction(1, sr)
+        for p in a.encode(frame):
+            c.mux(p)
+        t += n
+    for p in a.encode():
+        c.mux(p)
+
+
+def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int = 64,
+               audio: bool = True, audio_rate: int = 16000, width: int | None = None) -> Path:
+    """A ``seconds``-long video at ``fps``; codec from the extension (mp4/webm/avi/mkv)."""
+    path = Path(path)
+    vcodec, acodec = CODECS[path.suffix]
+    with av.open(str(path), "w") as c:
+        v = c.add_stream(vcodec, rate=fps)
+        v.width, v.height, v.pix_fmt = width or size, size, "yuv420p"
+        v.bit_rate = 2_000_000  # flat colours must survive mpeg4's default quantiser
+        a = _add_audio(c, acodec, seconds, audio_rate) if audio else None
+        for i in range(int(round(seconds * fps))):
+            img = frame_rgb(i, size)
+            if width:
+                img = np.concatenate([img, np.zeros((size, width - size, 3), np.uint8)], 1)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        if a is not None:
+            _encode_audio(c, a, seconds)
+    return path
+
+
+def make_audio_only(path: str | Path, seconds: float = 6.0) -> Path:
+    path = Path(path)
+    with av.open(str(path), "w") as c:
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        _encode_audio(c, a, seconds)
+    return path
+
+
+def make_corrupt(path: str | Path, seed: int = 0) -> Path:
+    """Random bytes behind a plausible name."""
+    Path(path).write_bytes(np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return Path(path)
+
+
+def make_empty(path: str | Path) -> Path:
+    Path(path).write_bytes(b"")
+    return Path(path)
+
+
+def truncate(src: str | Path, dst: str | Path, keep: float = 0.6) -> Path:
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * keep)])
+    return Path(dst)
+
+
+def write_srt(path: str | Path, cues: list[tuple[float, float, str]]) -> Path:
+    def ts(t: float) -> str:
+        ms = int(round(t * 1000))
+        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    blocks = [f"{i + 1}\n{ts(a)} --> {ts(b)}\n{text}\n" for i, (a, b, text) in enumerate(cues)]
+    Path(path).write_text("\n".join(blocks), encoding="utf-8")
+    return Path(path)
+
+
+def make_mkv_with_subtitles(path: str | Path, srt: str | Path, seconds: float = 12.0, fps: int = 4) -> Path:
+    """An mkv whose subtitle stream is copied from ``srt`` (FFmpeg's SubRip demuxer)."""
+    with av.open(str(srt)) as src, av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width = v.height = 64
+        v.pix_fmt = "yuv420p"
+        s = c.add_stream_from_template(src.streams.subtitles[0])
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(frame_rgb(i), format="rgb24")
+            frame.pts = i
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        for packet in src.demux(src.streams.subtitles[0]):
+            if packet.size:
+                packet.stream = s
+                c.mux(packet)
+    return Path(path)
