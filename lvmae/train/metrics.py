@@ -1,0 +1,118 @@
+"""Training monitors: reconstruction retrieval, TensorBoard + metrics.jsonl, loss curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lvmae.io import atomic_write, atomic_write_text
+
+
+@torch.no_grad()
+def retrieval_topk(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
+    """Fraction of masked segments whose prediction retrieves its own target, by cosine.
+
+    pred, target: [B, L, D]; mask, valid: [B, L] bool. The gallery is every valid
+    segment of the batch (``N = valid.sum()``); a query counts as a hit at k when
+    fewer than k gallery items score strictly higher than its own target (ties,
+    e.g. tiled copies of the same segment, do not count against it).
+    Returns ``{"top1": .., "top5": ..}`` (NaN-free; 0 when nothing is masked).
+    """
+    gallery = F.normalize(target[valid].float(), dim=-1)  # [N, D]
+    queries = F.normalize(pred[mask].float(), dim=-1)  # [M, D]
+    if len(queries) == 0:
+        return {f"top{k}": 0.0 for k in ks}
+    gallery_index = valid.flatten().long().cumsum(0) - 1  # [B*L] position in the gallery
+    own = gallery_index[mask.flatten()]  # [M]
+    sims = queries @ gallery.T  # [M, N]
+    own_sim = sims.gather(1, own[:, None])
+    rank = (sims > own_sim).sum(1)
+    return {f"top{k}": float((rank < k).float().mean()) for k in ks}
+
+
+class MetricsLogger:
+    """Rank-0 scalars to TensorBoard (``RUN/tb``) and one JSON line per log step (``RUN/metrics.jsonl``).
+
+    On resume from step ``s``, records after ``s`` (written by the killed run) are
+    dropped from ``metrics.jsonl`` and TensorBoard's ``purge_step`` hides them, so the
+    curves show each step once.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
+        elif self.path.exists():
+            self.path.unlink()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for k, v in scalars.items():
+            self.tb.add_scalar(k, v, step)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # torn last line of a killed run
+    return out
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    recs = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    if path.exists():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
+
+
+def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
+    """Loss, LR and reconstruction retrieval against the step, as one PNG (matplotlib Agg)."""
+    recs = read_metrics(metrics_path)
+    if not recs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in recs]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, [r["train/loss"] for r in recs])
+    axes[0].set(title="reconstruction loss", xlabel="step", yscale="log")
+    axes[1].plot(steps, [r["train/lr"] for r in recs])
+    axes[1].set(title="learning rate", xlabel="step")
+    for k in ("top1", "top5"):
+        axes[2].plot(steps, [r[f"train/retrieval_{k}"] for r in recs], label=k)
+    axes[2].set(title="masked-segment retrieval", xlabel="step", ylim=(0, 1.02))
+    axes[2].legend()
+    fig.tight_layout()
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return Path(out_png)
