@@ -56,6 +56,8 @@ class SegmentEmbed(nn.Module):
         self.proj = nn.ModuleList(_linear_or_identity(d, width) for d in dims)
 
     def forward(self, x: Tensor) -> Tensor:
+        if len(self.proj) == 1:
+            return self.proj[0](x)
         parts = x.split(self.dims, dim=-1)
         return torch.stack([p(xi) for p, xi in zip(self.proj, parts)], dim=2).flatten(1, 2)
 
@@ -68,6 +70,8 @@ class SegmentHead(nn.Module):
         self.proj = nn.ModuleList(nn.Linear(width, d) for d in dims)
 
     def forward(self, x: Tensor) -> Tensor:
+        if len(self.proj) == 1:
+            return self.proj[0](x)
         x = x.unflatten(1, (-1, len(self.proj)))
         return torch.cat([p(x[:, :, i]) for i, p in enumerate(self.proj)], dim=-1)
 
@@ -82,13 +86,14 @@ class LVMAE(nn.Module):
         tokens = cfg.modality_fusion == "tokens"
         self.n_tok = len(self.dims) if tokens else 1
         token_dims = self.dims if tokens else [cfg.in_dim]
-        rot = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout, backend=cfg.attention,
+        stack_kw = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout, backend=cfg.attention,
                    checkpoint=cfg.checkpoint_activations, pack=cfg.pack_sequences)
 
         self.embed = SegmentEmbed(token_dims, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
-        self.encoder = Transformer(cfg.width, cfg.depth, cfg.heads, **rot)
+        self.encoder = Transformer(cfg.width, cfg.depth, cfg.heads, **stack_kw)
         self.register_buffer("enc_freqs", self._frequencies(cfg.width // cfg.heads), persistent=False)
+        # on the device already (no copy per step); a bf16 cast keeps HoPE's scales exact
         self.register_buffer("train_scales", torch.tensor(cfg.rope.train_scales, dtype=torch.float32), persistent=False)
         self.has_decoder = with_decoder
         if with_decoder:
@@ -96,7 +101,7 @@ class LVMAE(nn.Module):
             self.decoder_embed = nn.Linear(cfg.width, dw)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
             self.modality_embed = nn.Parameter(torch.zeros(self.n_tok, dw)) if self.n_tok > 1 else None
-            self.decoder = Transformer(dw, cfg.decoder_depth, cfg.decoder_heads, **rot)
+            self.decoder = Transformer(dw, cfg.decoder_depth, cfg.decoder_heads, **stack_kw)
             self.head = SegmentHead(dw, token_dims)
             self.register_buffer("dec_freqs", self._frequencies(dw // cfg.decoder_heads), persistent=False)
         self._init_weights()
