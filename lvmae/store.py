@@ -89,7 +89,8 @@ class FeatureStore:
         return cls(root, full)
 
     def refresh(self) -> None:
-        """Re-read every manifest part; the last record of a video wins."""
+        """Re-read every manifest part; a video's latest record wins (by time, across parts,
+        so a retry written by another shard layout replaces an older failure)."""
         self._records = {}
         for part in sorted((self.root / "manifest").glob("*.jsonl")):
             with open(part, encoding="utf-8") as f:
@@ -98,7 +99,9 @@ class FeatureStore:
                         rec = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a torn last line from a killed writer
-                    self._records[rec["video_id"]] = rec
+                    old = self._records.get(rec["video_id"])
+                    if old is None or rec.get("time", 0.0) >= old.get("time", 0.0):
+                        self._records[rec["video_id"]] = rec
 
     # ---- reading -------------------------------------------------------
     @property

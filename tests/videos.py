@@ -3,15 +3,21 @@
 Frame ``i`` is a flat colour that encodes ``i`` (red = 8 * (i % 32), green = 64 * (i // 32)),
 so a test can tell which frame the decoder sampled from its pixels, through lossy codecs.
 Audio is a linear ramp in time (``t / seconds``), so a test can tell where a cut starts.
+:class:`TinyEncoder` is a fast stand-in vision encoder for plumbing tests.
 """
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import torch
+from torch import nn
+
+from lvmae.encoders import register_torch_module
 
 CODECS = {".mp4": ("libx264", "aac"), ".webm": ("libvpx-vp9", "libopus"),
           ".avi": ("mpeg4", "pcm_s16le"), ".mkv": ("libx264", "pcm_s16le")}
@@ -136,3 +142,33 @@ def make_mkv_with_subtitles(path: str | Path, srt: str | Path, seconds: float = 
                 packet.stream = s
                 c.mux(packet)
     return Path(path)
+
+
+
+class TinyEncoder(nn.Module):
+    """Frames ``[N, 3, H, W]`` -> ``[N, 4]``: a fixed random conv, spatially averaged.
+
+    A stand-in for a real tower in plumbing tests. ``delay`` slows each call (so a run can
+    be killed mid-way); ``fail_after`` raises after that many calls (an injected failure).
+    """
+
+    def __init__(self, delay: float = 0.0, fail_after: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.3)
+            self.conv.bias.copy_(torch.randn(4, generator=g) * 0.1)
+        self.delay, self.fail_after, self.calls = delay, fail_after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("injected encoder failure")
+        time.sleep(self.delay)
+        return self.conv(x).mean((2, 3))
+
+
+def register_tiny(name: str = "tiny", delay: float = 0.0, fail_after: int | None = None) -> None:
+    """Register :class:`TinyEncoder` under ``name`` (same weights and version every time)."""
+    register_torch_module(name, TinyEncoder(delay, fail_after), dim=4, version="tiny-1", overwrite=True)

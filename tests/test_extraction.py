@@ -1,0 +1,179 @@
+"""Decoding and segmenting real (tiny) video files: counts, timestamps, sampled frames, audio, text."""
+
+import math
+
+import numpy as np
+import pytest
+from videos import (
+    frame_index,
+    make_audio_only,
+    make_corrupt,
+    make_empty,
+    make_mkv_with_subtitles,
+    make_video,
+    truncate,
+    write_srt,
+)
+
+from lvmae.errors import DataError
+from lvmae.extraction.inputs import collect_videos
+from lvmae.extraction.segments import iter_segments
+from lvmae.extraction.subtitles import Cue, text_in
+from lvmae.extraction.video import DecodeSpec, sample_times, segment_windows
+
+FPS = 4
+
+
+@pytest.fixture(scope="module")
+def vids(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vids")
+    return {
+        "mp4": make_video(d / "a.mp4", seconds=13),
+        "webm": make_video(d / "b.webm", seconds=13, audio=False),
+        "avi": make_video(d / "c.avi", seconds=13),
+        "wide": make_video(d / "wide.mkv", seconds=6, size=32, width=96),
+        "short": make_video(d / "short.mp4", seconds=3),
+        "tiny": make_video(d / "tiny.mp4", seconds=1),
+        "audio_only": make_audio_only(d / "sound.m4a"),
+        "corrupt": make_corrupt(d / "corrupt.mp4"),
+        "empty": make_empty(d / "empty.avi"),
+    }
+
+
+def on_screen(t: float, fps: int = FPS) -> float:
+    """Timestamp of the frame on screen at ``t`` for a constant-rate video starting at 0."""
+    return math.floor(t * fps + 1e-9) / fps
+
+
+def test_segment_windows_rule():
+    assert segment_windows(13.0, 5, 5, 0.5) == [(0, 5), (5, 10), (10, 13.0)]  # 3 s >= 2.5: kept
+    assert segment_windows(12.0, 5, 5, 0.5) == [(0, 5), (5, 10)]  # 2 s < 2.5: dropped
+    assert segment_windows(10.0, 5, 5, 0.5) == [(0, 5), (5, 10)]
+    assert segment_windows(12.0, 5, 5, 0.0) == [(0, 5), (5, 10), (10, 12.0)]
+    assert segment_windows(12.0, 5, 5, 1.0) == [(0, 5), (5, 10)]
+    assert segment_windows(3.0, 5, 5, 0.5) == [(0, 3.0)]  # shorter than a segment: one partial
+    assert segment_windows(2.0, 5, 5, 0.5) == []  # too short
+    # overlapping segments: at most one trailing partial one
+    assert segment_windows(11.0, 4, 2, 0.5) == [(0, 4), (2, 6), (4, 8), (6, 10), (8, 11.0)]
+
+
+def test_sample_times_are_subinterval_centres():
+    np.testing.assert_allclose(sample_times(5, 10, 4), [5.625, 6.875, 8.125, 9.375])
+    np.testing.assert_allclose(sample_times(10, 13, 2), [10.75, 12.25])
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "avi"])
+def test_segments_times_and_frames(vids, kind):
+    spec = DecodeSpec(seconds=5, stride=5, frames=8, image_size=32, sample_rate=16000)
+    info = {}
+    segs = list(iter_segments(vids[kind], spec, info))
+    assert [(s.index, s.start, s.end) for s in segs] == [(0, 0, 5), (1, 5, 10), (2, 10, 13.0)]
+    assert info["num_segments"] == 3 and info["duration"] == pytest.approx(13.0)
+    for s in segs:
+        expected = [on_screen(t) for t in sample_times(s.start, s.end, 8)]
+        np.testing.assert_allclose(s.frame_times, expected)  # the last one is sampled over [10, 13)
+        assert s.frames.shape == (8, 32, 32, 3) and s.frames.dtype == np.uint8
+        assert [frame_index(f) for f in s.frames] == [round(t * FPS) for t in expected]
+        if kind == "webm":
+            assert s.audio is None
+        else:
+            assert s.audio.dtype == np.float32 and len(s.audio) == round((s.end - s.start) * 16000)
+
+
+def test_overlapping_stride_and_frame_count(vids):
+    spec = DecodeSpec(seconds=4, stride=2, frames=3, image_size=16, sample_rate=None, min_last_fraction=0.5)
+    segs = list(iter_segments(vids["mp4"], spec))
+    assert [(s.start, s.end) for s in segs] == segment_windows(13.0, 4, 2, 0.5)
+    for s in segs:
+        assert s.frames.shape == (3, 16, 16, 3)
+        assert [frame_index(f) for f in s.frames] == [round(on_screen(t) * FPS) for t in sample_times(s.start, s.end, 3)]
+
+
+def test_audio_is_cut_on_segment_boundaries(vids):
+    # the test audio is a ramp t / duration (exact in the avi's PCM track)
+    spec = DecodeSpec(seconds=5, stride=5, frames=2, image_size=16, sample_rate=8000)
+    for s in iter_segments(vids["avi"], spec):
+        assert s.audio[0] == pytest.approx(s.start / 13.0, abs=2e-3)
+        assert s.audio[-1] == pytest.approx(s.end / 13.0, abs=2e-3)
+        assert len(s.audio) == round((s.end - s.start) * 8000)
+
+
+def test_centre_crop_and_squash(vids):
+    # 96x32 frames: the left third holds the pattern, the rest is black
+    crop = next(iter_segments(vids["wide"], DecodeSpec(frames=1, image_size=32, sample_rate=None)))
+    squash = next(iter_segments(vids["wide"], DecodeSpec(frames=1, image_size=32, resize="squash", sample_rate=None)))
+    assert crop.frames.shape == squash.frames.shape == (1, 32, 32, 3)
+    assert crop.frames[0, :, :, 0].max() < 20  # the centre third is black
+    assert squash.frames[0, :, :8, 0].mean() > crop.frames[0, :, :8, 0].mean() + 1  # squash keeps the left
+
+
+def test_short_video_kept_as_one_partial_segment(vids):
+    info = {}
+    segs = list(iter_segments(vids["short"], DecodeSpec(image_size=16, sample_rate=None), info))
+    assert [(s.start, s.end) for s in segs] == [(0, 3.0)]
+    assert any(n.startswith("shorter than one segment") for n in info["notes"])
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("tiny", "too short"), ("audio_only", "no video stream"), ("corrupt", "cannot open"),
+    ("empty", "empty file"),
+])
+def test_bad_files_raise_with_reason(vids, kind, reason):
+    with pytest.raises(DataError, match=reason):
+        list(iter_segments(vids[kind], DecodeSpec(image_size=16)))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        list(iter_segments(tmp_path / "nope.mp4", DecodeSpec()))
+
+
+def test_truncated_file_fails_or_keeps_the_decodable_part(vids, tmp_path):
+    src = make_video(tmp_path / "long.webm", seconds=20, audio=False)
+    bad = truncate(src, tmp_path / "cut.webm", keep=0.5)
+    with pytest.raises(DataError, match="truncated"):
+        list(iter_segments(bad, DecodeSpec(image_size=16, sample_rate=None)))
+    info = {}
+    segs = list(iter_segments(bad, DecodeSpec(image_size=16, sample_rate=None, keep_truncated=True), info))
+    assert 1 <= len(segs) < 4 and any("truncated" in n for n in info["notes"])
+
+
+def test_subtitles_from_sidecar_and_from_stream(tmp_path):
+    cues = [(1.0, 2.5, "hello <i>world</i>"), (4.0, 6.0, "across the boundary"), (11.0, 11.5, "late")]
+    srt = write_srt(tmp_path / "film.srt", cues)
+    make_video(tmp_path / "film.mp4", seconds=13, audio=False)
+    spec = DecodeSpec(image_size=16, sample_rate=None, text=True)
+    info = {}
+    texts = [s.text for s in iter_segments(tmp_path / "film.mp4", spec, info)]
+    assert texts == ["hello world across the boundary", "across the boundary", "late"]
+    assert info["text_source"] == "sidecar:film.srt"
+    mkv = make_mkv_with_subtitles(tmp_path / "embedded.mkv", srt, seconds=13)
+    info = {}
+    assert [s.text for s in iter_segments(mkv, spec, info)] == texts
+    assert info["text_source"].startswith("stream:")
+
+
+def test_text_in_overlap_rule():
+    cues = [Cue(0, 1, "a"), Cue(1, 2, "a"), Cue(4.99, 5.5, "b")]
+    assert text_in(cues, 0, 5) == "a b" and text_in(cues, 5, 10) == "b" and text_in(cues, 6, 7) == ""
+
+
+def test_collect_videos(tmp_path):
+    (tmp_path / "P03" / "cam01").mkdir(parents=True)
+    (tmp_path / "P04").mkdir()
+    for p in ["P03/cam01/x.mp4", "P04/y.AVI", "P04/notes.txt.bak", "z.webm"]:
+        (tmp_path / p).write_bytes(b"0")
+    items = collect_videos([tmp_path], "relpath")
+    assert [(i.video_id, i.path) for i in items] == [
+        ("P03/cam01/x", str(tmp_path / "P03/cam01/x.mp4")), ("P04/y", str(tmp_path / "P04/y.AVI")),
+        ("z", str(tmp_path / "z.webm"))]
+    assert [i.video_id for i in collect_videos(tmp_path, "stem")] == ["x", "y", "z"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# videos\nP04/y.AVI\ncustom\tz.webm\nmissing.mp4\n")
+    got = {i.video_id: i.path for i in collect_videos(listing)}
+    assert set(got) == {"y", "custom", "missing"} and got["custom"] == str(tmp_path / "z.webm")
+    (tmp_path / "P04" / "x.mp4").write_bytes(b"0")
+    with pytest.raises(DataError, match="relpath"):
+        collect_videos(tmp_path, "stem")  # two different x.mp4
+    with pytest.raises(DataError, match="no such video"):
+        collect_videos([tmp_path / "nope.mp4"])
