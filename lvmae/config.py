@@ -193,16 +193,32 @@ class ProbeConfig:
 
 @dataclass
 class SynthConfig:
-    """Synthetic long-video benchmark (real encoded files) for the demo and tests."""
+    """Synthetic long-video benchmark (real encoded files) for the demo and tests.
+
+    A video is a sequence of steps, each lasting a whole number of segments
+    (``segments_per_step``, inclusive range) so that every segment shows one step.
+    Task-specific steps are mixed with ``filler_steps`` (inclusive range) filler steps.
+    See :mod:`lvmae.synth` for the tasks and why mean pooling cannot solve some.
+    """
 
     out: str = "synth"
-    num_videos: int = 60
-    min_steps: int = 6
-    max_steps: int = 10
-    segments_per_step: list[int] = field(default_factory=lambda: [2, 4])
-    fps: int = 4
-    size: int = 64
+    num_videos: int = 120
+    tasks: list[str] = field(default_factory=lambda: ["order", "precedes", "count", "appearance"])
+    splits: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # train, val, test
+    segment_seconds: float = 5.0
+    segments_per_step: list[int] = field(default_factory=lambda: [1, 3])
+    filler_steps: list[int] = field(default_factory=lambda: [6, 10])
+    filler_types: int = 4
+    min_gap: int = 3  # steps between the far-apart steps of the order/precedes tasks
+    precedes_max: int = 2  # each of the two precedes step types occurs 1..precedes_max times
+    count_max: int = 3  # count classes: 1..count_max repetitions
+    fps: int = 2
+    size: int = 96
+    noise: float = 0.04  # pixel noise std (0..1 scale)
+    jitter: float = 0.06  # camera shift std (fraction of the frame)
     audio: bool = True
+    audio_rate: int = 16000
+    workers: int = 1
     seed: int = 0
 
 

@@ -1,0 +1,299 @@
+"""Step timelines and labels of the synthetic benchmark (pure numpy, no pixels).
+
+A video is a sequence of steps; every step lasts a whole number of segments, so each
+segment shows exactly one step type. Each task owns a few special step types and
+decides only *where* they go, never *how much* of them there is:
+
+- ``order`` (2 classes): one A and one B, at least ``min_gap`` steps apart; class 0 has
+  A first, class 1 B first. The label only swaps A and B in an otherwise identical plan.
+- ``precedes`` (2 classes): C and D each occur 1..``precedes_max`` times (counts and
+  durations drawn independently of the label); class 1 iff some C precedes some D with
+  at least ``min_gap`` steps between; class 0 iff no C precedes any D.
+- ``count`` (``count_max`` classes): E is repeated k = label + 1 times, non-adjacent; the
+  total E time is fixed (lcm(1..count_max) segments split equally), so the share of E
+  segments never depends on k.
+- ``appearance`` (2 classes): step type F occurs once (class 1) or not at all (class 0).
+
+A mean (or any order-free pooling, e.g. attention without positions) of per-segment
+features sees only the multiset of segment types; for order/precedes/count that multiset
+has the same distribution in every class, so such a pool is at chance by construction.
+Only appearance is solvable from it. The plan is drawn from independent random streams
+(counts, durations, arrangement, fillers, assignment) so that changing one label leaves
+the draws of the others untouched; the tests check this pairwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lvmae.config import SynthConfig
+from lvmae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A classification task: class names and whether a mean pool can solve it (and why)."""
+
+    classes: tuple[str, ...]
+    mean_pool: bool
+    why: str
+
+
+SPECIAL_TYPES = {"order": "AB", "precedes": "CD", "count": "E", "appearance": "F"}
+A, B, C, D, E, F = range(6)  # the task step types; fillers follow
+NUM_SPECIAL = 6
+TASK_NAMES = ("order", "precedes", "count", "appearance")  # fixed ids: label seeds depend on them
+SPLITS = ("train", "val", "test")
+_MAX_TRIES = 20000
+
+
+def task_specs(cfg: SynthConfig) -> dict[str, TaskSpec]:
+    """The enabled tasks, in ``cfg.tasks`` order."""
+    specs = {
+        "order": TaskSpec(
+            ("A before B", "B before A"), False,
+            "same steps and durations in both classes (the label only swaps A and B): a mean pool is identical",
+        ),
+        "precedes": TaskSpec(
+            ("no C before any D", f"a C precedes a D by >= {cfg.min_gap} steps"), False,
+            "counts and durations of C and D are drawn independently of the label; only their positions differ",
+        ),
+        "count": TaskSpec(
+            tuple(f"E x{k}" for k in range(1, cfg.count_max + 1)), False,
+            f"E always covers {e_total_segments(cfg)} segments in total, split into k equal steps",
+        ),
+        "appearance": TaskSpec(
+            ("no F", "F occurs"), True, "F's segments shift the mean of the features",
+        ),
+    }
+    return {t: specs[t] for t in cfg.tasks}
+
+
+def e_total_segments(cfg: SynthConfig) -> int:
+    """Segments of step type E in every video: divisible by each repetition count."""
+    return math.lcm(*range(1, cfg.count_max + 1))
+
+
+def type_names(cfg: SynthConfig) -> list[str]:
+    """A..F are the task steps, then the filler types G, H, ..."""
+    n = NUM_SPECIAL + cfg.filler_types
+    return [chr(ord("A") + i) if i < 26 else f"T{i}" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: a type id, its first segment and its length in segments."""
+
+    type: int
+    start: int
+    segments: int
+
+
+@dataclass
+class VideoPlan:
+    """Ground truth of one synthetic video."""
+
+    video_id: str
+    index: int
+    split: str
+    labels: dict[str, int]
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def num_segments(self) -> int:
+        return sum(s.segments for s in self.steps)
+
+    def segment_types(self) -> np.ndarray:
+        """[num_segments] int: the step type shown in each segment."""
+        return np.repeat([s.type for s in self.steps], [s.segments for s in self.steps])
+
+
+def check_config(cfg: SynthConfig) -> None:
+    """Raise ConfigError naming the first synth.* value that cannot work."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"synth.{msg}")
+
+    unknown = [t for t in cfg.tasks if t not in TASK_NAMES]
+    need(not unknown, f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")
+    need(len(set(cfg.tasks)) == len(cfg.tasks), "tasks: a task is listed twice")
+    need(len(cfg.splits) == 3 and min(cfg.splits) >= 0 and sum(cfg.splits) > 0,
+         "splits must be three non-negative fractions (train, val, test)")
+    need(cfg.num_videos >= 1, "num_videos must be >= 1")
+    lo, hi = _range(cfg.segments_per_step, "segments_per_step")
+    need(lo >= 1, "segments_per_step must be >= 1")
+    _range(cfg.filler_steps, "filler_steps")
+    need(cfg.filler_steps[0] >= 0, "filler_steps must be >= 0")
+    need(cfg.filler_types >= 2, "filler_types must be >= 2 (adjacent fillers must differ)")
+    need(cfg.min_gap >= 1, "min_gap must be >= 1")
+    need(cfg.precedes_max >= 1, "precedes_max must be >= 1")
+    need(1 <= cfg.count_max <= 6, "count_max must be in [1, 6]")
+    need(cfg.segment_seconds > 0, "segment_seconds must be > 0")
+    need(cfg.fps >= 1 and abs(cfg.fps * cfg.segment_seconds - round(cfg.fps * cfg.segment_seconds)) < 1e-9,
+         "fps * segment_seconds must be a whole number of frames")
+    need(cfg.size >= 16 and cfg.size % 2 == 0, "size must be even and >= 16 (H.264 4:2:0)")
+    need(cfg.audio_rate in (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000),
+         "audio_rate must be a standard AAC rate, e.g. 16000")
+    need(cfg.workers >= 1, "workers must be >= 1")
+
+
+def _range(v: list[int], name: str) -> tuple[int, int]:
+    if len(v) != 2 or v[0] > v[1]:
+        raise ConfigError(f"synth.{name} must be [min, max] with min <= max, got {v}")
+    return v[0], v[1]
+
+
+def assign_labels(cfg: SynthConfig) -> tuple[list[str], list[dict[str, int]]]:
+    """Split of each video (contiguous blocks) and its label per task, balanced per split.
+
+    Within a split each task's classes differ in count by at most one; tasks are
+    labelled independently (their own seeded shuffles), so they are uncorrelated.
+    """
+    n = cfg.num_videos
+    frac = np.asarray(cfg.splits, dtype=float) / sum(cfg.splits)
+    n_train, n_val = int(round(frac[0] * n)), int(round(frac[1] * n))
+    n_val = min(n_val, n - n_train)
+    sizes = [n_train, n_val, n - n_train - n_val]
+    splits = [s for s, k in zip(SPLITS, sizes) for _ in range(k)]
+    labels: list[dict[str, int]] = [{} for _ in range(n)]
+    specs = task_specs(cfg)
+    start = 0
+    for si, k in enumerate(sizes):
+        for task, spec in specs.items():
+            rng = np.random.default_rng([cfg.seed, 7919, TASK_NAMES.index(task), si])
+            ys = rng.permutation(np.arange(k) % len(spec.classes))
+            for j, y in enumerate(ys):
+                labels[start + j][task] = int(y)
+        start += k
+    return splits, labels
+
+
+def plan_dataset(cfg: SynthConfig) -> list[VideoPlan]:
+    """Every video's plan, deterministic from ``cfg.seed`` (cheap: no rendering)."""
+    check_config(cfg)
+    splits, labels = assign_labels(cfg)
+    return [
+        VideoPlan(f"synth_{i:05d}", i, splits[i], labels[i], plan_steps(cfg, i, labels[i]))
+        for i in range(cfg.num_videos)
+    ]
+
+
+def plan_steps(cfg: SynthConfig, index: int, labels: dict[str, int]) -> list[Step]:
+    """The step timeline of video ``index`` given its labels (see the module doc)."""
+    counts, durs, perm, fill, assign = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(5)
+    )
+    roles, durations = _draw_steps(cfg, labels, counts, durs)
+    roles = [roles[i] for i in _arrange(cfg, roles, perm)]
+    types = _assign_types(cfg, roles, labels, len(durations[D]), assign)
+    _fill(cfg, types, fill)
+    steps, t = [], 0
+    for ty in types:
+        n = durations[ty if ty < NUM_SPECIAL else -1].pop(0)
+        steps.append(Step(ty, t, n))
+        t += n
+    return steps
+
+
+def _draw_steps(cfg: SynthConfig, labels: dict[str, int], counts, durs) -> tuple[list[str], dict]:
+    """Unordered step roles, and segment lengths per type (key -1: fillers, in timeline order).
+
+    Lengths belong to step types, not positions, so a label that moves types around
+    leaves every type's lengths unchanged; fixed-size draws keep the streams label-free.
+    """
+    lo, hi = cfg.segments_per_step
+    n_fill = int(counts.integers(cfg.filler_steps[0], cfg.filler_steps[1] + 1))
+    n_c, n_d = (int(x) for x in counts.integers(1, cfg.precedes_max + 1, size=2))
+    d_fill, d_order, d_prec = (
+        [int(x) for x in durs.integers(lo, hi + 1, size=n)]
+        for n in (cfg.filler_steps[1], 2, 2 * cfg.precedes_max)
+    )
+    d_app = int(durs.integers(lo, hi + 1))
+    durations: dict[int, list[int]] = {-1: d_fill[:n_fill], C: [], D: []}
+    roles = ["filler"] * n_fill
+    if "order" in cfg.tasks:
+        roles += ["order"] * 2
+        durations.update({A: d_order[:1], B: d_order[1:]})
+    if "precedes" in cfg.tasks:
+        roles += ["precedes"] * (n_c + n_d)
+        durations.update({C: d_prec[:n_c], D: d_prec[n_c : n_c + n_d]})
+    if "count" in cfg.tasks:
+        k = labels["count"] + 1
+        roles += ["count"] * k
+        durations[E] = [e_total_segments(cfg) // k] * k
+    if "appearance" in cfg.tasks and labels["appearance"] == 1:
+        roles.append("appearance")
+        durations[F] = [d_app]
+    return roles, durations
+
+
+def _arrange(cfg: SynthConfig, roles: list[str], rng) -> np.ndarray:
+    """A random order of the steps meeting constraints that hold whatever the labels are."""
+    roles_arr = np.array(roles)
+    for _ in range(_MAX_TRIES):
+        order = rng.permutation(len(roles))
+        pos = {r: np.flatnonzero(roles_arr[order] == r) for r in ("order", "precedes", "count")}
+        if _arrangement_ok(cfg, pos):
+            return order
+    raise ConfigError(
+        f"synth: no valid step arrangement found in {_MAX_TRIES} tries; "
+        f"raise synth.filler_steps or lower synth.min_gap ({cfg.min_gap})"
+    )
+
+
+def _arrangement_ok(cfg: SynthConfig, pos: dict[str, np.ndarray]) -> bool:
+    """Order steps far apart; precedes steps spread out and non-adjacent; E steps non-adjacent."""
+    def far(p: np.ndarray) -> bool:
+        return len(p) < 2 or p[-1] - p[0] - 1 >= cfg.min_gap
+
+    def apart(p: np.ndarray) -> bool:
+        return len(p) < 2 or bool(np.diff(p).min() >= 2)
+
+    return far(pos["order"]) and far(pos["precedes"]) and apart(pos["precedes"]) and apart(pos["count"])
+
+
+def _assign_types(cfg: SynthConfig, roles: list[str], labels: dict[str, int], n_d: int, rng) -> list[int]:
+    """Type ids per position; only here do order/precedes labels act (-1 = filler, set later)."""
+    fixed = {"count": E, "appearance": F}
+    types = [fixed.get(r, -1) for r in roles]
+    order_pos = [i for i, r in enumerate(roles) if r == "order"]
+    if order_pos:
+        first, second = (A, B) if labels["order"] == 0 else (B, A)
+        types[order_pos[0]], types[order_pos[1]] = first, second
+    prec_pos = [i for i, r in enumerate(roles) if r == "precedes"]
+    if prec_pos:
+        for i, ty in zip(prec_pos, _precedes_types(cfg, prec_pos, n_d, labels["precedes"], rng)):
+            types[i] = ty
+    return types
+
+
+def _precedes_types(cfg: SynthConfig, pos: list[int], n_d: int, label: int, rng) -> list[int]:
+    """C/D per precedes position: all D first (class 0), or a random layout with a far C -> D."""
+    base = [D] * n_d + [C] * (len(pos) - n_d)
+    if label == 0:
+        return base
+    for _ in range(_MAX_TRIES):
+        ty = [int(x) for x in rng.permutation(base)]
+        if precedes_far(pos, ty, cfg.min_gap):
+            return ty
+    raise AssertionError("unreachable: C first and D last always qualifies")
+
+
+def precedes_far(pos: list[int], types: list[int], gap: int) -> bool:
+    """Whether some C at step position i precedes some D at j with j - i - 1 >= gap."""
+    cs = [p for p, t in zip(pos, types) if t == C]
+    ds = [p for p, t in zip(pos, types) if t == D]
+    return bool(cs and ds and max(ds) - min(cs) - 1 >= gap)
+
+
+def _fill(cfg: SynthConfig, types: list[int], rng) -> None:
+    """Filler types in place, uniform but never equal to the previous step (no merged steps)."""
+    fillers = np.arange(NUM_SPECIAL, NUM_SPECIAL + cfg.filler_types)
+    for i, ty in enumerate(types):
+        if ty == -1:
+            prev = types[i - 1] if i else -1
+            choices = fillers[fillers != prev]
+            types[i] = int(choices[rng.integers(len(choices))])
