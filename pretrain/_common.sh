@@ -9,4 +9,4 @@ if [[ $# -lt 2 ]]; then
 fi
 STORE=$1 RUN=$2
 shift 2
-ARGS=(pretrain -c "${CONFIG:-$HERE/$DEFAULT_CONFIG}" "data.stores=[$STORE]" "run.out_dir=$RUN" --resume "$@")
+ARGS=(pretrain --resume -c "${CONFIG:-$HERE/$DEFAULT_CONFIG}" "data.stores=[$STORE]" "run.out_dir=$RUN" "$@")

@@ -215,6 +215,9 @@ class TorchEngine(_EngineBase):
         if dist.world > 1 and cfg.deepspeed.zero_stage > 0:
             raise ConfigError("deepspeed.zero_stage > 0 needs deepspeed.engine=deepspeed")
         self.model = model.to(self.device)
+        if dist.world > 1:
+            for t in model.state_dict().values():
+                torch.distributed.broadcast(t, src=0)
         self.optimizer = make_optimizer(model, cfg.optim, fused=self.device.type == "cuda")
         self.grad_clip = cfg.optim.grad_clip
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None

@@ -77,8 +77,10 @@ def _setup(cfg: Config) -> _Run:
     stream = build_stream(cfg.data, cfg.masking, scales, cfg.deepspeed.micro_batch,
                           seed=cfg.run.seed, rank=dist.rank, world=dist.world)
     cfg = with_data_dims(cfg, stream.sampler.dataset.dims)
+    seed_everything(cfg.run.seed)  # the same initial weights on every rank
+    model = build_model(cfg)
     seed_everything(cfg.run.seed + dist.rank)
-    engine = build_engine(build_model(cfg), cfg, dist)
+    engine = build_engine(model, cfg, dist)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, dist.rank)
     run = _Run(cfg, dist, run_dir, stream, engine, ckpt, peak_lr(cfg.optim.base_lr, engine.global_batch))
     latest = ckpt.latest()
