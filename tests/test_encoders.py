@@ -91,6 +91,16 @@ def test_efficientnet_lite0_small():
     assert wide.dim == 2560 and wide.encode(x).shape == (2, 2560)
 
 
+def test_efficientnet_folding_keeps_outputs():
+    from lvmae.encoders.efficientnet import fuse_for_inference, lite_scale, load_lite0
+
+    x = lite_scale(clips(b=1, k=3, s=64)[0])
+    plain, fused = load_lite0(64).eval(), fuse_for_inference(load_lite0(64).eval())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(fused.extract_features(x), plain.extract_features(x), rtol=1e-4, atol=1e-4)
+
+
 def test_efficientnet_input_scaling():
     from lvmae.encoders.efficientnet import lite_scale
 

@@ -38,6 +38,8 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.usage = ("lvmae extract VIDEOS... --out STORE [-c FILE] [--shard I/N] [--id-from stem|relpath] "
+               "[--retry-failed] [--workers N] [--no-progress] [--json] [key=value ...]")
     _options(p)
     p.add_argument("items", nargs=argparse.REMAINDER, metavar="VIDEOS... [key=value ...]",
                    help="videos, directories or list files, then config overrides (options may come anywhere)")

