@@ -69,7 +69,7 @@ class ExtractConfig:
 
     out: str = "features"
     dtype: str = "float16"
-    decode_workers: int = 2
+    decode_workers: int = 0  # parallel decoded files; 0 = auto (cores, at most 8)
     decode_backend: str = "thread"  # thread | process (decode workers)
     decode_threads: int = 0  # FFmpeg threads per decoded file; 0 = cores / workers
     prefetch_segments: int = 64  # bound of the decoded-segment queue (memory cap)

@@ -98,7 +98,7 @@ def bench_decode(paths: list[Path], ex) -> dict:
 
     cfg = ex.cfg
     t0, cpu0 = time.perf_counter(), time.process_time()
-    pool = DecodePool([(i, str(p)) for i, p in enumerate(paths)], ex.spec, cfg.decode_workers,
+    pool = DecodePool([(i, str(p)) for i, p in enumerate(paths)], ex.spec, ex.decode_workers,
                       cfg.decode_backend, cfg.prefetch_segments)
     segments, ended, failed = 0, 0, 0
     try:
@@ -205,7 +205,7 @@ def main() -> None:
                    **({} if args.videos else {"seconds": args.seconds, "size": [args.width, args.height],
                                               "fps": args.fps, "generate_s": round(gen_s, 2)})},
         "config": {"segment": dataclasses_dict(cfg.segment), "encoder": dataclasses_dict(cfg.encoder),
-                   "decode_workers": cfg.decode_workers, "decode_backend": cfg.decode_backend,
+                   "decode_workers": ex.decode_workers, "decode_backend": cfg.decode_backend,
                    "decode_threads_per_file": ex.spec.threads, "device": str(getattr(ex.encoders.get("vision"), "device", "cpu"))},
         "decode": decode, "extract": extract,
         "extract_vs_decode": round(extract["segments_per_s"] / max(decode["segments_per_s"], 1e-9), 3),

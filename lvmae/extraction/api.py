@@ -48,7 +48,7 @@ def check_config(cfg: ExtractConfig) -> None:
         (0.0 <= s.min_last_fraction <= 1.0, "extract.segment.min_last_fraction must be in [0, 1]"),
         (cfg.dtype in ("float16", "float32"), f"extract.dtype must be float16 or float32, got {cfg.dtype!r}"),
         (cfg.decode_backend in ("thread", "process"), "extract.decode_backend must be thread or process"),
-        (cfg.decode_workers >= 1, "extract.decode_workers must be >= 1"),
+        (cfg.decode_workers >= 0, "extract.decode_workers must be >= 0 (0: auto)"),
         (cfg.prefetch_segments >= 1, "extract.prefetch_segments must be >= 1"),
         (cfg.encoder.batch_frames >= 1, "extract.encoder.batch_frames must be >= 1"),
         (cfg.id_from in ID_FROM, f"extract.id_from must be one of {list(ID_FROM)}, got {cfg.id_from!r}"),
@@ -70,6 +70,11 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     if not 0 <= i < n:
         raise ConfigError(f"shard {shard!r}: need 0 <= i < n")
     return i, n
+
+
+def cfg_workers(cfg: ExtractConfig) -> int:
+    """Decode workers: ``extract.decode_workers``, or (0) one per core up to 8."""
+    return cfg.decode_workers or max(1, min(8, os.cpu_count() or 1))
 
 
 def build_encoders(cfg: EncoderConfig, sample_rate: int = 16000) -> dict[str, Encoder]:
@@ -169,6 +174,7 @@ class Extractor:
         for m, e in self.encoders.items():
             if m != e.modality:
                 raise ConfigError(f"encoder {e.name!r} is a {e.modality} encoder, given for {m}")
+        self.decode_workers = cfg_workers(self.cfg)
         self.spec = self._decode_spec()
         self.meta = self._meta()
         self.batch_segments = max(1, self.cfg.encoder.batch_frames // self.cfg.segment.frames)
@@ -181,7 +187,7 @@ class Extractor:
         cfg, seg = self.cfg, self.cfg.segment
         vision, audio = self.encoders.get("vision"), self.encoders.get("audio")
         vs = vision.input_spec() if vision is not None else {}
-        threads = cfg.decode_threads or max(1, (os.cpu_count() or 1) // cfg.decode_workers)
+        threads = cfg.decode_threads or max(1, (os.cpu_count() or 1) // self.decode_workers)
         return DecodeSpec(
             seconds=seg.seconds, stride=seg.stride or seg.seconds, frames=seg.frames,
             min_last_fraction=seg.min_last_fraction, image_size=vs.get("image_size"),
@@ -295,7 +301,7 @@ class _Run:
 
         cfg = self.ex.cfg
         pool = DecodePool([(j, it.path) for j, it in enumerate(self.todo)], self.ex.spec,
-                          cfg.decode_workers, cfg.decode_backend, cfg.prefetch_segments)
+                          self.ex.decode_workers, cfg.decode_backend, cfg.prefetch_segments)
         self.bar = tqdm(total=len(self.todo), unit="video", desc="extract", disable=not self.progress,
                         dynamic_ncols=True)
         try:
