@@ -57,8 +57,13 @@ def build_stream(
     seed: int = 0,
     rank: int = 0,
     world: int = 1,
+    pin_memory: bool = False,
 ) -> DataStream:
-    """Dataset + bucketed sampler + masking collate for one rank, as a :class:`DataStream`."""
+    """Dataset + bucketed sampler + masking collate for one rank, as a :class:`DataStream`.
+
+    Workers persist across epochs: the sampler runs in the main process, so a new
+    epoch (or a resumed position) only changes which crops are sent to them.
+    """
     ds = CropDataset(data.stores, data.modalities, data.min_len, data.max_len, data.short_policy)
     sampler = CropBatchSampler(
         ds, micro_batch, seed=seed, rank=rank, world=world, weights=data.weights,
@@ -66,7 +71,7 @@ def build_stream(
     )
     loader = torch.utils.data.DataLoader(
         ds, batch_sampler=sampler, collate_fn=MaskCollate(masking, train_scales),
-        num_workers=data.num_workers, persistent_workers=False,
+        num_workers=data.num_workers, persistent_workers=data.num_workers > 0, pin_memory=pin_memory,
     )
     return DataStream(loader, sampler)
 

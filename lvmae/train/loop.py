@@ -75,7 +75,8 @@ def _setup(cfg: Config) -> _Run:
     run_dir = Path(cfg.run.out_dir)
     scales = cfg.model.rope.train_scales if cfg.model.rope.kind == "hope" else []
     stream = build_stream(cfg.data, cfg.masking, scales, cfg.deepspeed.micro_batch,
-                          seed=cfg.run.seed, rank=dist.rank, world=dist.world)
+                          seed=cfg.run.seed, rank=dist.rank, world=dist.world,
+                          pin_memory=dist.device.type == "cuda")
     cfg = with_data_dims(cfg, stream.sampler.dataset.dims)
     seed_everything(cfg.run.seed)  # the same initial weights on every rank
     model = build_model(cfg)
