@@ -166,3 +166,13 @@ def test_stream_state_replays_the_same_batches(store):
         got = next(resumed)
         assert got["video_ids"] == want["video_ids"]
         assert torch.equal(got["x"], want["x"]) and torch.equal(got["masks"].mask, want["masks"].mask)
+
+
+def test_worker_processes_give_the_same_batches(store):
+    cfg = DataConfig(stores=[str(store.root)], min_len=2, max_len=12)
+    main_proc = build_stream(cfg, MaskingConfig(), [1.0], micro_batch=3, seed=5)
+    workers = build_stream(DataConfig(**{**cfg.__dict__, "num_workers": 1}), MaskingConfig(), [1.0], 3, seed=5)
+    for _ in range(4):  # crosses an epoch boundary with persistent workers
+        a, b = next(main_proc), next(workers)
+        assert a["video_ids"] == b["video_ids"] and torch.equal(a["x"], b["x"])
+        assert torch.equal(a["masks"].ids_keep, b["masks"].ids_keep) and torch.equal(a["scale"], b["scale"])
