@@ -250,3 +250,10 @@ def test_two_cpu_ranks_torchrun_both_engines_agree(store, tmp_path):
         assert summary["world"] == 2 and summary["steps"] == 6 and summary["global_batch"] == 16
     assert_same_weights(tmp_path / "torch" / "checkpoints" / "step_00000006",
                         tmp_path / "deepspeed" / "checkpoints" / "step_00000006", atol=1e-4)
+
+
+def test_resume_refuses_another_model(store, tmp_path):
+    out = tmp_path / "run"
+    pretrain(tiny(store, out, "train.steps=2", "train.export=false", "train.plot=false"))
+    with pytest.raises(ConfigError, match="model.depth was 1, now 2"):
+        pretrain(tiny(store, out, "train.steps=4", "model.depth=2", "train.resume=true"))

@@ -73,6 +73,11 @@ class _Run:
 def _setup(cfg: Config) -> _Run:
     dist = setup_distributed(cfg)
     run_dir = Path(cfg.run.out_dir)
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, dist.rank)
+    latest = ckpt.latest()
+    if latest is not None and not cfg.train.resume:
+        raise ConfigError(f"{run_dir} already has checkpoints ({latest.name}); "
+                          "pass --resume (train.resume=true) to continue it, or pick another run.out_dir")
     scales = cfg.model.rope.train_scales if cfg.model.rope.kind == "hope" else []
     stream = build_stream(cfg.data, cfg.masking, scales, cfg.deepspeed.micro_batch,
                           seed=cfg.run.seed, rank=dist.rank, world=dist.world,
@@ -82,12 +87,7 @@ def _setup(cfg: Config) -> _Run:
     model = build_model(cfg)
     seed_everything(cfg.run.seed + dist.rank)
     engine = build_engine(model, cfg, dist)
-    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, dist.rank)
     run = _Run(cfg, dist, run_dir, stream, engine, ckpt, peak_lr(cfg.optim.base_lr, engine.global_batch))
-    latest = ckpt.latest()
-    if latest is not None and not cfg.train.resume:
-        raise ConfigError(f"{run_dir} already has checkpoints ({latest.name}); "
-                          "pass --resume (train.resume=true) to continue it, or pick another run.out_dir")
     ckpt.clean_stale()
     if latest is not None:
         _resume(run, latest)
@@ -106,12 +106,26 @@ def _resume(run: _Run, path: Path) -> None:
     """Continue from ``path``: same batch layout and model required, else the data order would differ."""
     saved = json.loads((path / "trainer.json").read_text())
     now = _trainer_state(run)
-    for key in ("world", "micro_batch", "grad_accum", "model", "engine"):
-        if saved.get(key) != now[key]:
-            raise ConfigError(f"cannot resume from {path}: {key} was {saved.get(key)!r}, now {now[key]!r}")
+    for key in ("world", "micro_batch", "grad_accum", "engine", "model"):
+        was, new = saved.get(key), now[key]
+        if was != new:
+            if isinstance(new, dict) and isinstance(was, dict):
+                key, was, new = _first_difference(key, was, new)
+            raise ConfigError(f"cannot resume from {path}: {key} was {was!r}, now {new!r}")
     state = run.ckpt.load(run.engine, path)
     run.stream.load_state_dict(state["data"])
     run.step, run.resumed_from = int(state["step"]), str(path)
+
+
+def _first_difference(prefix: str, a: dict, b: dict) -> tuple[str, Any, Any]:
+    """The first differing (nested) key of two config dicts, e.g. ``("model.depth", 2, 4)``."""
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if x != y:
+            if isinstance(x, dict) and isinstance(y, dict):
+                return _first_difference(f"{prefix}.{k}", x, y)
+            return f"{prefix}.{k}", x, y
+    return prefix, a, b
 
 
 def _micro_batch(run: _Run, batch: dict[str, Any], stats: dict[str, float], last: bool) -> None:
