@@ -133,7 +133,7 @@ def _micro_batch(run: _Run, batch: dict[str, Any], stats: dict[str, float], last
     b = to_device(batch, run.engine.device, run.engine.input_dtype)
     out = run.engine.forward(b["x"], b["valid"], b["masks"], scale=b["scale"])
     loss = out["loss"]
-    finite = torch.tensor(float(math.isfinite(float(loss.detach()))))
+    finite = torch.tensor(float(math.isfinite(float(loss.detach()))), device=run.engine.device)
     if run.dist.world > 1:
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     if not finite.item():
