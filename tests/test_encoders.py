@@ -145,6 +145,32 @@ def test_hf_clip_from_tiny_random_checkpoints(tmp_path):
         build_encoder("hf_clip", "vision", EncoderConfig())
 
 
+def test_hf_xclip_is_a_clip_level_video_tower(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from lvmae.config import ExtractConfig, SegmentConfig
+    from lvmae.extraction.api import Extractor
+
+    tc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+              vocab_size=100, max_position_embeddings=16)
+    vc = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+              patch_size=16, num_frames=4, mit_hidden_size=16, mit_intermediate_size=32,
+              mit_num_hidden_layers=1, mit_num_attention_heads=2)
+    torch.manual_seed(0)
+    transformers.XCLIPModel(transformers.XCLIPConfig(
+        text_config=tc, vision_config=vc, projection_dim=16, prompt_layers=1, prompt_attention_heads=2,
+        prompt_num_attention_heads=2)).save_pretrained(tmp_path / "xclip")
+    enc_cfg = EncoderConfig(checkpoint=str(tmp_path / "xclip"), vision="hf_clip", audio=None)
+    enc = build_encoder("hf_clip", "vision", enc_cfg)
+    assert not enc.frame_level and enc.input_spec()["frames"] == 4 and enc.dim == 16
+    x = clips(b=2, k=4)
+    out = enc.encode(x)
+    assert out.shape == (2, 16)
+    torch.testing.assert_close(enc.encode(x[1:]), out[1:], rtol=1e-4, atol=1e-5)  # clips are independent
+    with pytest.raises(ConfigError, match="clips of 4 frames"):
+        Extractor(ExtractConfig(segment=SegmentConfig(frames=8), encoder=enc_cfg))
+    assert Extractor(ExtractConfig(segment=SegmentConfig(frames=4), encoder=enc_cfg)).spec.image_size == 32
+
+
 def _tiny_text_checkpoint(path):
     transformers = pytest.importorskip("transformers")
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "sits", "runs"]

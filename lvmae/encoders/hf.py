@@ -5,6 +5,8 @@
   LanguageBind image tower converted to transformers). Frames are normalised with the
   checkpoint's ``preprocessor_config.json`` mean/std (CLIP's when absent); the projected
   image embedding (or the pooled output when there is no projection) is pooled over frames.
+  An X-CLIP checkpoint is used as the video tower it is: the ``K`` frames of a segment go
+  in together (``K`` must equal its ``num_frames``) and its video embedding comes out.
 - ``hf_text``: a sentence-embedding BERT-style model (mean over tokens, L2-normalised),
   from ``encoder.text_checkpoint``.
 - ``minilm``: ``hf_text`` on the all-MiniLM-L6-v2 weights shipped inside the
@@ -74,13 +76,24 @@ class Normalize:
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
-class _ImageFeatures(nn.Module):
-    def __init__(self, model: nn.Module):
+class ClipNormalize(Normalize):
+    """``uint8 [B, K, H, W, 3]`` -> ``[B, K, 3, H, W]`` normalised (for video towers)."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        b, k = x.shape[:2]
+        y = super().__call__(x.reshape(b * k, *x.shape[2:]))
+        return y.reshape(b, k, *y.shape[1:])
+
+
+class _Features(nn.Module):
+    """``get_image_features`` (frames) or ``get_video_features`` (clips) as a plain forward."""
+
+    def __init__(self, model: nn.Module, method: str):
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
     def forward(self, x: Tensor) -> Any:
-        return self.model.get_image_features(pixel_values=x)
+        return getattr(self.model, self.method)(pixel_values=x)
 
 
 def _norm_stats(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -91,8 +104,13 @@ def _norm_stats(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return CLIP_MEAN, CLIP_STD
 
 
-def _load_image_tower(path: str) -> tuple[nn.Module, Any, Any]:
-    """(module, config, output fn): the projected embedding when the checkpoint has a projection."""
+def _load_tower(path: str) -> tuple[nn.Module, Any, Any, int | None]:
+    """``(module, config, output fn, clip frames)``.
+
+    CLIP checkpoints give the projected image embedding (the pooled output when there is no
+    projection); X-CLIP gives its video embedding of a ``num_frames`` clip (``clip frames``);
+    other models their ``get_image_features``.
+    """
     tf = _transformers()
     with _quiet():
         conf = tf.AutoConfig.from_pretrained(path, local_files_only=True)
@@ -100,20 +118,23 @@ def _load_image_tower(path: str) -> tuple[nn.Module, Any, Any]:
             model, info = tf.CLIPVisionModelWithProjection.from_pretrained(
                 path, local_files_only=True, output_loading_info=True)
             if not any(k.startswith("visual_projection") for k in info["missing_keys"]):
-                return model, conf, lambda o: o.image_embeds
-            return tf.CLIPVisionModel.from_pretrained(path, local_files_only=True), conf, lambda o: o.pooler_output
+                return model, conf, lambda o: o.image_embeds, None
+            return tf.CLIPVisionModel.from_pretrained(path, local_files_only=True), conf, lambda o: o.pooler_output, None
         model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+    if conf.model_type == "xclip" and hasattr(model, "get_video_features"):
+        return _Features(model, "get_video_features"), conf, None, int(conf.vision_config.num_frames)
     if not hasattr(model, "get_image_features"):
         raise ConfigError(f"{path}: model type {conf.model_type!r} has no image tower (get_image_features)")
-    return _ImageFeatures(model), conf, None
+    return _Features(model, "get_image_features"), conf, None, None
 
 
 def build_clip(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
     path = _local_dir(cfg.checkpoint, "encoder.vision=hf_clip", "encoder.checkpoint")
-    module, conf, output = _load_image_tower(path)
+    module, conf, output, frames = _load_tower(path)
     size = int(getattr(getattr(conf, "vision_config", conf), "image_size", cfg.image_size))
-    return TorchEncoder("hf_clip", module, "vision", preprocess=Normalize(*_norm_stats(path)),
-                        output=output, pooling=cfg.pooling, image_size=size, resize=cfg.resize,
+    norm = (ClipNormalize if frames else Normalize)(*_norm_stats(path))
+    return TorchEncoder("hf_clip", module, "vision", preprocess=norm, output=output, frame_level=frames is None,
+                        frames=frames, pooling=cfg.pooling, image_size=size, resize=cfg.resize,
                         device=device, precision=cfg.precision)
 
 

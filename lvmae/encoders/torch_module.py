@@ -85,6 +85,8 @@ class TorchEncoder:
     audio; a ``list[str]`` for text) to the module's input (a tensor or a dict of keyword
     tensors). ``output`` maps the module's output to ``[N, D]``. ``dim`` is found with one
     dummy forward when not given. ``version`` defaults to a fingerprint of the weights.
+    ``frames``: a clip-level tower that only takes clips of this many frames (the extractor
+    refuses another ``segment.frames``).
     """
 
     def __init__(
@@ -92,12 +94,13 @@ class TorchEncoder:
         preprocess: Callable[[Any], Any] | None = None, output: Callable[[Any], Tensor] | None = None,
         frame_level: bool = True, pooling: str = "mean", image_size: int | None = None,
         resize: str = "center_crop", sample_rate: int | None = None, dim: int | None = None,
-        device: str = "cpu", precision: str = "fp32", version: str | None = None,
+        device: str = "cpu", precision: str = "fp32", version: str | None = None, frames: int | None = None,
     ):
         _check_args(modality, pooling, resize, image_size, sample_rate, precision)
         self.name, self.modality = name, modality
         self.frame_level = frame_level and modality == "vision"
         self.pooling, self.image_size, self.resize, self.sample_rate = pooling, image_size, resize, sample_rate
+        self.frames = frames  # a clip-level tower that needs exactly this many frames per segment
         self.version = version or fingerprint_module(module)
         self.device = torch.device(resolve_device(device))
         self.module = module.eval().requires_grad_(False).to(self.device)
@@ -111,6 +114,8 @@ class TorchEncoder:
     def input_spec(self) -> dict[str, Any]:
         if self.modality == "vision":
             spec = {"image_size": self.image_size, "resize": self.resize, "frame_level": self.frame_level}
+            if self.frames:
+                spec["frames"] = self.frames
             return {**spec, "pooling": self.pooling} if self.frame_level else spec
         if self.modality == "audio":
             return {"sample_rate": self.sample_rate}
@@ -142,7 +147,7 @@ class TorchEncoder:
     def _probe_dim(self) -> int:
         if self.modality == "vision":
             s = self.image_size
-            dummy: Any = torch.zeros(1, 2, s, s, 3, dtype=torch.uint8)
+            dummy: Any = torch.zeros(1, self.frames or 2, s, s, 3, dtype=torch.uint8)
         elif self.modality == "audio":
             n = int(self.sample_rate)
             dummy = Waveforms(torch.zeros(1, n), torch.tensor([n]))

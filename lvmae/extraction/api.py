@@ -174,6 +174,10 @@ class Extractor:
         for m, e in self.encoders.items():
             if m != e.modality:
                 raise ConfigError(f"encoder {e.name!r} is a {e.modality} encoder, given for {m}")
+            need = e.input_spec().get("frames")
+            if need and need != self.cfg.segment.frames:
+                raise ConfigError(f"encoder {e.name!r} takes clips of {need} frames: "
+                                  f"set extract.segment.frames={need} (it is {self.cfg.segment.frames})")
         self.decode_workers = cfg_workers(self.cfg)
         self.spec = self._decode_spec()
         self.meta = self._meta()

@@ -67,7 +67,7 @@ def iter_segments(path: str | Path, spec: DecodeSpec, info: dict[str, Any] | Non
             yield _segment(w, audio, cues)
             n += 1
             info["num_segments"] = n
-        _finish(info, spec, n, container)
+        _finish(info, spec, n)
     finally:
         container.close()
         if audio is not None:
@@ -94,7 +94,7 @@ def _cues(path: str | Path, origin: float, info: dict) -> list:
     return cues
 
 
-def _finish(info: dict, spec: DecodeSpec, n: int, container: Any) -> None:
+def _finish(info: dict, spec: DecodeSpec, n: int) -> None:
     """Check the decoded length; record the duration and notes."""
     end = info.get("decoded_end")
     if n == 0:
