@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from lvmae.commands._common import add_config_args, config_from_args, split_overrides
 from lvmae.errors import LvmaeError
@@ -65,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         ("decode_workers", args.workers), ("retry_failed", args.retry_failed or None),
     ) if v is not None]
     cfg = config_from_args(argparse.Namespace(config=args.config, overrides=overrides), extra)
-    summary = Extractor(cfg.extract).run(videos, progress=not args.no_progress and cfg.run.progress)
+    progress = not args.no_progress and cfg.run.progress
+    summary = Extractor(cfg.extract).run(videos, progress=progress)
+    if not progress and not args.json:  # the progress bar printed them as they came
+        for vid, reason in summary["failures"].items():
+            print(f"extract: failed: {vid}: {reason}", file=sys.stderr)
     print(json.dumps(summary, indent=2) if args.json else summary_line(summary))
     return 0

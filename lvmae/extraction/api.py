@@ -398,5 +398,5 @@ class _Run:
         self.stats.failed += 1
         self.stats.failures[v.item.video_id] = reason
         if self.progress:
-            self.bar.write(f"extract: {v.item.video_id}: {reason}", file=sys.stderr)
+            self.bar.write(f"extract: failed: {v.item.video_id}: {reason}", file=sys.stderr)
         self.bar.update(1)

@@ -97,15 +97,12 @@ def _expand(x: object, id_from: str) -> list[VideoItem]:
 
 
 def _dedupe(items: list[VideoItem]) -> list[VideoItem]:
-    by_id: dict[str, VideoItem] = {}
-    clashes = []
+    paths: dict[str, dict[Path, str]] = {}
     for it in items:
-        old = by_id.get(it.video_id)
-        if old is not None and Path(old.path).resolve() != Path(it.path).resolve():
-            clashes.append(f"{it.video_id!r}: {old.path} and {it.path}")
-        by_id.setdefault(it.video_id, it)
+        paths.setdefault(it.video_id, {}).setdefault(Path(it.path).resolve(), it.path)
+    clashes = [f"{vid!r}: {', '.join(p.values())}" for vid, p in paths.items() if len(p) > 1]
     if clashes:
         more = f" (+{len(clashes) - 3} more)" if len(clashes) > 3 else ""
-        raise DataError(f"{len(clashes)} video id(s) name different files: {'; '.join(clashes[:3])}{more}; "
+        raise DataError(f"{len(clashes)} video id(s) name several files: {'; '.join(clashes[:3])}{more}; "
                         "use id_from=relpath (--id-from relpath) or rename them")
-    return sorted(by_id.values(), key=lambda it: it.video_id)
+    return sorted((VideoItem(vid, next(iter(p.values()))) for vid, p in paths.items()), key=lambda it: it.video_id)
