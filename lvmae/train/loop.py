@@ -28,7 +28,7 @@ from lvmae.io import atomic_write_json
 from lvmae.train.checkpoint import Checkpointer
 from lvmae.train.engine import DistInfo, Engine, build_engine, setup_distributed
 from lvmae.train.export import write_export
-from lvmae.train.metrics import MetricsLogger, plot_curves, retrieval_topk
+from lvmae.train.metrics import MetricsLogger, plot_curves, read_metrics, retrieval_topk
 from lvmae.train.schedule import lr_at, peak_lr
 
 
@@ -208,7 +208,9 @@ def _train(run: _Run, logger: MetricsLogger) -> dict[str, float]:
                                 top1=f"{scalars['train/retrieval_top1']:.2f}")
                 window, tic = [], time.perf_counter()
             if run.step % t.save_every == 0 or run.step == t.steps:
+                saving = time.perf_counter()
                 _save(run)
+                tic += time.perf_counter() - saving  # throughput counts training time only
     finally:
         bar.close()
     return scalars
@@ -250,8 +252,6 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 
 
 def _summary(run: _Run, start: int, last: dict[str, float], export: Path | None) -> dict[str, Any]:
-    from lvmae.train.metrics import read_metrics
-
     recs = read_metrics(run.dir / "metrics.jsonl") if run.dist.is_main else []
     return {
         "steps": run.step, "start_step": start, "resumed_from": run.resumed_from,
