@@ -177,3 +177,22 @@ def test_collect_videos(tmp_path):
         collect_videos(tmp_path, "stem")  # two different x.mp4
     with pytest.raises(DataError, match="no such video"):
         collect_videos([tmp_path / "nope.mp4"])
+
+
+def test_memory_stays_flat_over_a_long_video(tmp_path):
+    """Streaming: what is held after 10 segments is what is held after 80 (400 s of video)."""
+    import tracemalloc
+
+    path = make_video(tmp_path / "long.mkv", seconds=400, fps=1, size=32, audio_rate=8000)
+    spec = DecodeSpec(seconds=5, stride=5, frames=4, image_size=32, sample_rate=8000)
+    tracemalloc.start()
+    try:
+        held = {}
+        for i, seg in enumerate(iter_segments(path, spec)):
+            del seg
+            if i + 1 in (10, 80):
+                held[i + 1] = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert i + 1 == 80
+    assert held[80] - held[10] < 256 * 1024
