@@ -21,7 +21,7 @@ examples:
   lvmae demo                                   # synthetic end-to-end run on CPU
   lvmae extract videos/*.mp4 --out feats       # segment embeddings into a feature store
   lvmae pretrain -c configs/tiny.yaml data.stores=[feats] run.out_dir=runs/tiny
-  lvmae probe -c configs/probe/lvu.yaml probe.store=feats probe.checkpoint=runs/tiny/export
+  lvmae probe -c probe/lvu.yaml probe.store=feats probe.checkpoint=runs/tiny/export
   lvmae config -c configs/paper.yaml model.depth=16   # print the resolved config
 
 Every command takes -c/--config YAML files (merged in order) and key=value overrides.

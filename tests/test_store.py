@@ -47,3 +47,17 @@ def test_shard_parts_merge_and_torn_line(tmp_path):
     s2 = FeatureStore.open(tmp_path / "s")
     assert s2.video_ids == ["a", "b"]
     assert s2.writer(0, 2).finished() == {"a", "b"}
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    import os
+
+    from lvmae.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "x.txt", "hi")
+    finally:
+        os.umask(mask)
+    assert p.read_text() == "hi"
+    assert oct(p.stat().st_mode & 0o777) != oct(0o600)
