@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,20 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_store(path: Path, videos: int, dim: int, max_segments: int, seed: int = 0) -> None:
-    from lvmae.store import FeatureStore
-
-    store = FeatureStore.create(path, {"config_hash": f"bench-{dim}", "modalities": {"vision": {"dim": dim}}})
-    w = store.writer()
-    rng = np.random.default_rng(seed)
-    for i in range(videos):
-        n = int(rng.integers(2, max_segments + 1))
-        w.write(f"v{i}", {"vision": np.cumsum(rng.standard_normal((n, dim)) * 0.1, 0).astype(np.float32)})
+from _bench import ROOT, emit, hardware, make_store, versions
 
 
 def run_engine(engine: str, args: argparse.Namespace, store: Path, out: Path) -> dict:
@@ -70,8 +55,6 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_args()
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
         make_store(store, args.videos, args.dim, args.max_segments)
@@ -80,11 +63,8 @@ def main() -> None:
     if base:
         for r in results.values():
             r["steps_per_s_vs_torch"] = r["steps_per_s"] / base["steps_per_s"]
-    hardware = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    print(json.dumps({"config": args.config, "steps": args.steps, "dim": args.dim, "overrides": args.overrides,
-                      "hardware": hardware, "results": results}, indent=2))
+    emit({"config": args.config, "steps": args.steps, "dim": args.dim, "overrides": args.overrides,
+          "hardware": hardware(), "versions": versions(), "results": results})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,154 @@
+"""The model benchmark (tools/bench_model.py): its CPU mode end to end, its bookkeeping,
+and the precision knob it measures (bf16 fast path against the fp32 reference).
+
+No timing is asserted: speed belongs in the benchmark's output, not in tests.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lvmae.config import MaskingConfig
+from lvmae.errors import LvmaeError
+from lvmae.masking import build_masks
+from lvmae.models import LVMAE, ModelConfig
+from lvmae.models.reference import ReferenceLVMAE
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import _bench  # noqa: E402
+import bench_model  # noqa: E402
+
+RUN_KEYS = {"status", "step_ms", "segments_per_s", "sequences_per_s", "model_tflop_per_step", "mfu", "hfu",
+            "peak_mem_gib", "first_loss", "speedup_vs_baseline", "loss_rel_diff_vs_baseline"}
+
+
+def test_cpu_mode_prints_json_with_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_model.py"), "--preset", "cpu-tiny", "--threads", "1",
+           "--variants", "reference", "fast", "fast+packed", "--warmup", "1", "--repeats", "2",
+           "--data-steps", "2", "--out", str(out), "model.depth=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == doc
+    assert {"hardware", "versions", "peak", "config", "results", "longest_fit", "best", "data"} <= set(doc)
+    assert doc["hardware"]["cpu"] and doc["hardware"]["torch_threads"] == 1 and doc["versions"]["torch"]
+    assert doc["config"]["model"]["depth"] == 1 and doc["config"]["baseline"] == "reference"
+    assert doc["peak"]["measured_peak_tflops"] > 0
+    runs = {name: r["32"] for name, r in doc["results"].items()}
+    assert set(runs) == {"reference", "fast", "fast+packed"}
+    for r in runs.values():
+        assert r["status"] == "ok" and set(r) >= RUN_KEYS
+        assert r["step_ms"] > 0 and 0 < r["mfu"] < 1
+        assert r["speedup_vs_baseline"] == pytest.approx(runs["reference"]["step_ms"] / r["step_ms"])
+        assert r["model_tflop_per_step"] == runs["reference"]["model_tflop_per_step"]
+        assert r["loss_rel_diff_vs_baseline"] < 1e-5  # fp32, same weights, same batch
+    assert runs["reference"]["speedup_vs_baseline"] == 1.0
+    assert runs["reference"]["executed_tflop_per_step"] > runs["fast"]["executed_tflop_per_step"]
+    assert runs["fast"]["segments_per_s"] == pytest.approx(4 * 32 / runs["fast"]["step_ms"] * 1e3)
+    assert doc["longest_fit"] == {"reference": 32, "fast": 32, "fast+packed": 32}
+    data = doc["data"]
+    assert data["status"] == "ok" and 0 <= data["data_share"] < 1 and data["steps"] == 2
+
+
+def test_variant_names():
+    v = bench_model.parse_variant("fast+bf16+fused+ckpt", "cuda")
+    assert (v.reference, v.precision, v.fused, v.ckpt, v.packed, v.zero) == (False, "bf16", True, True, False, None)
+    assert bench_model.parse_variant("reference", "cuda").precision == "fp16"  # the public code's autocast
+    assert bench_model.parse_variant("fast", "cpu").precision == "fp32"
+    assert bench_model.parse_variant("fast+bf16+zero2", "cpu").zero == 2
+    for bad, msg in [("slow", "must start"), ("fast+turbo", "unknown modifier"), ("reference+packed", "only a precision"),
+                     ("fast+zero1+compile", "own optimizer"), ("fast+fp16+zero2", "no fp16 on CPU")]:
+        with pytest.raises(LvmaeError, match=msg):
+            bench_model.parse_variant(bad, "cpu")
+
+
+def test_sweep_stops_at_the_first_out_of_memory():
+    calls = []
+
+    def run_one(length):
+        calls.append(length)
+
+        def fn():
+            if length >= 8:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64 GiB")
+            return {"step_ms": 1.0}
+
+        return bench_model.guarded("cpu", fn)
+
+    runs, longest = bench_model.sweep(run_one, [16, 2, 4, 8, 32])
+    assert calls == [2, 4, 8] and longest == 4
+    assert runs["8"]["status"] == "oom" and "out of memory" in runs["8"]["error"]
+    assert runs["16"]["status"] == runs["32"]["status"] == "skipped"
+    cpu_oom = bench_model.guarded("cpu", lambda: (_ for _ in ()).throw(RuntimeError("can't allocate memory: 9 GB")))
+    assert cpu_oom["status"] == "oom"
+    broken = bench_model.guarded("cpu", lambda: 1 / 0)
+    assert broken["status"] == "error" and "ZeroDivisionError" in broken["error"]
+
+
+def _run(step_ms, **kw):
+    return {"status": "ok", "step_ms": step_ms, "first_loss": 1.0, "segments_per_s": 1e3 / step_ms,
+            "sequences_per_s": 1.0, "mfu": 0.1, "mfu_vs_spec": None, "peak_mem_gib": 1.0, **kw}
+
+
+def test_ratios_best_and_issue_targets():
+    results = {"reference": {"256": _run(150.0)},
+               "fast": {"256": _run(40.0, first_loss=1.01)},
+               "fast+bf16": {"256": _run(25.0, mfu=0.45)},
+               "fast+compile": {"256": {"status": "error", "error": "x"}}}
+    bench_model.add_ratios(results, "reference")
+    assert results["fast"]["256"]["speedup_vs_baseline"] == pytest.approx(3.75)
+    assert results["fast"]["256"]["loss_rel_diff_vs_baseline"] == pytest.approx(0.01)
+    assert results["fast+compile"]["256"]["speedup_vs_baseline"] is None
+    best = bench_model.summarise(results, "reference")
+    assert best["256"]["variant"] == "fast+bf16"
+    t = bench_model.issue_targets(results, best, "reference", batch=16)
+    assert t["step_ms_16x256"] == {"target": 30.0, "measured": 25.0, "met": True}
+    assert t["mfu_16x256"]["met"] is True and t["speedup_16x256"]["met"] is True
+    assert t["longest_batch1"]["met"] is None and t["speedup_4096_batch1"]["met"] is None
+
+
+def test_time_fn_warms_up_then_times():
+    calls = []
+    t = _bench.time_fn(lambda: calls.append(1), "cpu", warmup=3, repeats=4)
+    assert len(calls) == 7 and len(t["times_s"]) == 4 and t["min_s"] <= t["median_s"]
+
+
+def test_make_batch_is_a_valid_reference_input():
+    cfg = bench_model.load_bench_config(bench_model.parse_args(["--preset", "cpu-tiny"]))
+    b = bench_model.make_batch(cfg, 5, 20, ragged=True, device=torch.device("cpu"))
+    lengths = b["valid"].sum(1)
+    assert int(lengths[0]) == 20 and int(lengths.min()) >= 2 and len(set(lengths.tolist())) > 1
+    assert torch.equal(b["valid"], torch.arange(20) < lengths[:, None])  # padding at the end
+    assert torch.equal(b["masks"].mask.sum(1) + b["masks"].keep_valid.sum(1), lengths)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no bf16 CPU kernels")
+def test_bf16_fast_path_matches_fp32_reference_within_bf16_tolerance():
+    cfg = ModelConfig(in_dim=48, width=64, depth=2, heads=4, decoder_width=32, decoder_depth=1, decoder_heads=4)
+    torch.manual_seed(0)
+    fast = LVMAE(cfg).train()
+    ref = ReferenceLVMAE(cfg).train()
+    ref.load_state_dict(fast.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 24, cfg.in_dim, generator=g)
+    valid = torch.arange(24) < torch.tensor([24, 17, 9])[:, None]
+    masks = build_masks(x, valid, MaskingConfig(ratio=0.5), g)
+    scale = torch.tensor([1.0, 0.5, 1.5])
+    ref_loss = ref(x, valid, masks, scale)["loss"]
+    ref_loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast_loss = fast(x, valid, masks, scale)["loss"]
+    fast_loss.backward()
+    assert fast_loss.dtype == torch.float32
+    assert abs(fast_loss.item() - ref_loss.item()) < 1e-2 * ref_loss.item()  # another mask: 5 %
+    g_fast = torch.cat([p.grad.flatten() for p in fast.parameters()])
+    g_ref = torch.cat([p.grad.flatten() for p in ref.parameters()])
+    assert torch.nn.functional.cosine_similarity(g_fast, g_ref, dim=0) > 0.999  # another mask: 0.69
+    assert (g_fast - g_ref).norm() < 0.05 * g_ref.norm()
