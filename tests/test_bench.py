@@ -55,6 +55,9 @@ def test_cpu_mode_prints_json_with_ratios(tmp_path):
     assert doc["longest_fit"] == {"reference": 32, "fast": 32, "fast+packed": 32}
     data = doc["data"]
     assert data["status"] == "ok" and 0 <= data["data_share"] < 1 and data["steps"] == 2
+    table = bench_model.render_table(doc).splitlines()
+    assert [ln.split("|")[1].strip() for ln in table if ln.startswith("| ")][1:] == list(runs)
+    assert "waiting for data" in table[-1]
 
 
 def test_variant_names():
@@ -112,6 +115,17 @@ def test_ratios_best_and_issue_targets():
     assert t["step_ms_16x256"] == {"target": 30.0, "measured": 25.0, "met": True}
     assert t["mfu_16x256"]["met"] is True and t["speedup_16x256"]["met"] is True
     assert t["longest_batch1"]["met"] is None and t["speedup_4096_batch1"]["met"] is None
+    long = {"reference": {"4096": _run(500.0), "8192": {"status": "oom"}},
+            "fast": {"4096": _run(40.0), "32768": _run(900.0), "65536": {"status": "oom"}}}
+    bench_model.add_ratios(long, "reference")
+    t = bench_model.issue_targets(long, bench_model.summarise(long, "reference"), "reference", batch=1)
+    assert t["longest_batch1"] == {"target": 32768, "measured": 32768, "met": True}
+    assert t["speedup_4096_batch1"]["measured"] == pytest.approx(12.5) and t["speedup_4096_batch1"]["met"]
+    short = {"reference": {"4096": _run(500.0)}, "fast": {"4096": _run(40.0), "8192": _run(90.0)}}
+    t = bench_model.issue_targets(short, {}, "reference", batch=1)
+    assert t["longest_batch1"] == {"target": 32768, "measured": 8192, "met": None}  # 32768 never tried
+    short["fast"]["32768"] = {"status": "oom"}
+    assert bench_model.issue_targets(short, {}, "reference", batch=1)["longest_batch1"]["met"] is False
 
 
 def test_time_fn_warms_up_then_times():
