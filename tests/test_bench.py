@@ -80,7 +80,7 @@ def test_sweep_stops_at_the_first_out_of_memory():
 
         def fn():
             if length >= 8:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64 GiB")
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64 GiB")
             return {"step_ms": 1.0}
 
         return bench_model.guarded("cpu", fn)

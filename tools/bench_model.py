@@ -128,7 +128,7 @@ class Context:
     warmup: int
     repeats: int
     init_state: dict
-    peak_flops: float | None  # measured bf16 matmul peak, FLOP/s
+    peak_flops: float | None  # the faster of the fp32/bf16 matmuls measured in this run, FLOP/s
     spec_flops: float | None  # datasheet (or --peak-tflops), FLOP/s
     batches: dict = dataclasses.field(default_factory=dict)
 
@@ -158,7 +158,7 @@ def make_batch(cfg: Any, batch: int, length: int, ragged: bool, device: Any, see
     valid = torch.arange(length) < lengths[:, None]
     masks = build_masks(x, valid, cfg.masking, g)
     scales = torch.tensor(cfg.model.rope.train_scales or [1.0])
-    scale = scales[torch.randint(len(scales), (batch,), generator=g)]
+    scale = scales[torch.randint(len(scales), (batch,), generator=g)] if cfg.model.rope.kind == "hope" else None
     return to_device({"x": x, "valid": valid, "masks": masks, "scale": scale}, device)
 
 
@@ -267,7 +267,7 @@ def guarded(device: Any, fn: Callable[[], dict]) -> dict:
 
     try:
         out = {"status": "ok", **fn()}
-    except torch.OutOfMemoryError as e:
+    except torch.cuda.OutOfMemoryError as e:  # torch.OutOfMemoryError from torch 2.5
         out = {"status": "oom", "error": str(e).strip().splitlines()[0][:300]}
     except Exception as e:  # a benchmark reports a broken variant and goes on
         msg = (str(e).strip().splitlines() or [""])[0][:300]
@@ -512,11 +512,12 @@ def make_context(args: argparse.Namespace) -> tuple[Context, dict]:
     return ctx, peaks
 
 
-def pick_data_variant(args: argparse.Namespace, variants: list[Variant], best_of: dict[str, float]) -> Variant:
-    if args.data_variant:
-        return parse_variant(args.data_variant, "cuda" if best_of.get("_cuda") else "cpu")
-    plain = [v for v in variants if not (v.compile or v.zero is not None or v.reference) and v.name in best_of]
-    return min(plain, key=lambda v: best_of[v.name]) if plain else variants[-1]
+def pick_data_variant(name: str | None, variants: list[Variant], step_ms: dict[str, float], device_type: str) -> Variant:
+    """``name``, else the fastest variant measured that runs on the torch engine uncompiled."""
+    if name:
+        return parse_variant(name, device_type)
+    plain = [v for v in variants if not (v.compile or v.zero is not None or v.reference) and v.name in step_ms]
+    return min(plain, key=lambda v: step_ms[v.name]) if plain else variants[-1]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -548,7 +549,7 @@ def run(args: argparse.Namespace) -> dict:
     first = str(min(lengths))
     if not args.no_data:
         times = {n: r[first]["step_ms"] for n, r in results.items() if r[first]["status"] == "ok"}
-        v = pick_data_variant(args, variants, {**times, "_cuda": dev == "cuda"})
+        v = pick_data_variant(args.data_variant, variants, times, dev)
         workers = ctx.cfg.data.num_workers if args.workers is None else args.workers
         out["data"] = guarded(ctx.device, lambda: data_share(v, ctx, min(lengths), args.data_steps, workers))
         out["data"]["fixed_batch_step_ms"] = times.get(v.name)
