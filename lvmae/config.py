@@ -210,8 +210,10 @@ class SynthConfig:
     filler_steps: list[int] = field(default_factory=lambda: [6, 10])
     filler_types: int = 4
     min_gap: int = 3  # steps between the far-apart steps of the order/precedes tasks
+    order_trace: bool = True  # A and B change the look of later filler steps (a lasting scene state)
     precedes_max: int = 2  # each of the two precedes step types occurs 1..precedes_max times
     count_max: int = 3  # count classes: 1..count_max repetitions
+    script_noise: float = 0.2  # direction task: chance that a filler breaks the script cycle
     fps: int = 2
     size: int = 96
     noise: float = 0.04  # pixel noise std (0..1 scale)

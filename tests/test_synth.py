@@ -122,8 +122,8 @@ def test_order_label_only_swaps_a_and_b():
         s0, s1 = _flip(p, "order", 0), _flip(p, "order", 1)
         swap = {A: B, B: A}
         assert [swap.get(s.type, s.type) for s in s0] == [s.type for s in s1]
-        assert Counter((s.type, s.segments) for s in s0) == Counter((s.type, s.segments) for s in s1)
-        assert _segment_counter(s0) == _segment_counter(s1)
+        assert Counter((s.type, s.segments, s.state) for s in s0) == Counter((s.type, s.segments, s.state) for s in s1)
+        assert [s.state for s in s0] == [s.state for s in s1]
         for steps, first in ((s0, A), (s1, B)):
             pos = {s.type: i for i, s in enumerate(steps) if s.type in (A, B)}
             assert len(pos) == 2 and min(pos, key=pos.get) == first
@@ -155,30 +155,44 @@ def test_count_keeps_total_e_time():
         assert len({sum(s.segments for s in steps) for steps in flips}) == 1
 
 
-def test_no_merged_steps_and_appearance():
+def test_direction_label_reverses_the_fillers():
+    cfg = SynthConfig(num_videos=40, tasks=["order", "direction"])
+    forward = []
+    for p in plan_dataset(cfg):
+        f0, f1 = ([(s.type, s.segments) for s in plan_steps(cfg, p.index, {**p.labels, "direction": k})
+                   if s.type >= NUM_SPECIAL] for k in (0, 1))
+        assert f1 == f0[::-1]
+        forward += [(b[0] - a[0]) % cfg.filler_types == 1 for a, b in zip(f0, f0[1:])]
+    assert np.mean(forward) > 1 - cfg.script_noise - 0.1
+
+
+def test_no_merged_steps_scene_states_and_appearance():
     for p in plan_dataset(SynthConfig(num_videos=60, seed=3)):
         types = [s.type for s in p.steps]
+        done = np.cumsum([0] + [t in (A, B) for t in types[:-1]])
+        assert [s.state for s in p.steps] == [int(d) if t >= NUM_SPECIAL else 0 for d, t in zip(done, types)]
         assert all(a != b for a, b in zip(types, types[1:]))
         assert (F in types) == bool(p.labels["appearance"])
         assert p.steps[0].start == 0 and all(a.start + a.segments == b.start for a, b in zip(p.steps, p.steps[1:]))
 
 
 def test_mean_pool_of_ideal_features_only_solves_appearance():
-    """One-hot segment types, mean-pooled: what any order-free pool of perfect features sees."""
+    """One-hot (type, scene state) per segment, mean-pooled: what any order-free pool of perfect features sees."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    cfg = SynthConfig(num_videos=600)
+    cfg = SynthConfig(num_videos=600, tasks=["order", "precedes", "count", "direction", "appearance"])
     plans = plan_dataset(cfg)
-    n_types = NUM_SPECIAL + cfg.filler_types
-    x = np.stack([np.bincount(p.segment_types(), minlength=n_types) / p.num_segments for p in plans])
+    n_looks = 3 * (NUM_SPECIAL + cfg.filler_types)  # (type, scene state) pairs
+    x = np.stack([np.bincount(3 * p.segment_types() + p.segment_states(), minlength=n_looks) / p.num_segments
+                  for p in plans])
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     acc = {t: cross_val_score(clf, x, [p.labels[t] for p in plans], cv=4).mean() for t in cfg.tasks}
     print(acc)
     assert acc["appearance"] > 0.95
-    assert acc["order"] < 0.6 and acc["precedes"] < 0.6 and acc["count"] < 1 / cfg.count_max + 0.1, acc
+    assert max(acc["order"], acc["precedes"], acc["direction"]) < 0.6 and acc["count"] < 1 / cfg.count_max + 0.1, acc
 
 
 def test_bad_configs_are_named():

@@ -30,7 +30,7 @@ from lvmae.synth.plan import SPECIAL_TYPES, VideoPlan, plan_dataset, task_specs,
 from lvmae.synth.render import PATTERNS, look, write_video
 
 _NOT_CONTENT = ("out", "workers")  # fields that do not change what is generated
-GENERATOR_VERSION = 1  # bump when a change to plan/render changes the output
+GENERATOR_VERSION = 2  # bump when a change to plan/render changes the output
 
 
 def synth_hash(cfg: SynthConfig) -> str:
@@ -134,7 +134,7 @@ def manifest(cfg: SynthConfig, plans: list[VideoPlan], digest: str) -> dict[str,
                 "video_id": p.video_id, "file": f"videos/{p.video_id}.mp4", "split": p.split,
                 "labels": p.labels, "num_segments": p.num_segments, "duration": p.num_segments * seg,
                 "steps": [
-                    {"type": names[s.type], "type_id": s.type, "start_segment": s.start,
+                    {"type": names[s.type], "type_id": s.type, "state": s.state, "start_segment": s.start,
                      "segments": s.segments, "start": s.start * seg, "end": (s.start + s.segments) * seg}
                     for s in p.steps
                 ],

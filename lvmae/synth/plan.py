@@ -4,22 +4,29 @@ A video is a sequence of steps; every step lasts a whole number of segments, so 
 segment shows exactly one step type. Each task owns a few special step types and
 decides only *where* they go, never *how much* of them there is:
 
-- ``order`` (2 classes): one A and one B, at least ``min_gap`` steps apart; class 0 has
-  A first, class 1 B first. The label only swaps A and B in an otherwise identical plan.
+- ``order`` (2 classes): one A and one B, at least ``min_gap`` filler steps apart;
+  class 0 has A first, class 1 B first; the label only swaps A and B in an otherwise
+  identical plan. With ``order_trace`` (default) A and B leave a lasting trace: filler
+  steps after the first of them show scene state 1, after the second state 2 (the same
+  sequence of states in both classes), so the order is visible in each milestone's
+  local context; without it only relating A to B far apart reveals it.
 - ``precedes`` (2 classes): C and D each occur 1..``precedes_max`` times (counts and
   durations drawn independently of the label); class 1 iff some C precedes some D with
   at least ``min_gap`` steps between; class 0 iff no C precedes any D.
 - ``count`` (``count_max`` classes): E is repeated k = label + 1 times, non-adjacent; the
   total E time is fixed (lcm(1..count_max) segments split equally), so the share of E
   segments never depends on k.
+- ``direction`` (2 classes): filler types follow the script cycle G -> H -> ... (class 0)
+  or the exact reverse of such a sequence (class 1).
 - ``appearance`` (2 classes): step type F occurs once (class 1) or not at all (class 0).
 
 A mean (or any order-free pooling, e.g. attention without positions) of per-segment
-features sees only the multiset of segment types; for order/precedes/count that multiset
-has the same distribution in every class, so such a pool is at chance by construction.
-Only appearance is solvable from it. The plan is drawn from independent random streams
-(counts, durations, arrangement, fillers, assignment) so that changing one label leaves
-the draws of the others untouched; the tests check this pairwise.
+features sees only the multiset of (step type, scene state) segments; for order,
+precedes, count and direction that multiset has the same distribution in every class,
+so such a pool is at chance by construction. Only appearance is solvable from it. The
+plan is drawn from independent random streams (counts, durations, arrangement,
+fillers, assignment) so that changing one label leaves the draws of the others
+untouched; the tests check this pairwise.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class TaskSpec:
 SPECIAL_TYPES = {"order": "AB", "precedes": "CD", "count": "E", "appearance": "F"}
 A, B, C, D, E, F = range(6)  # the task step types; fillers follow
 NUM_SPECIAL = 6
-TASK_NAMES = ("order", "precedes", "count", "appearance")  # fixed ids: label seeds depend on them
+TASK_NAMES = ("order", "precedes", "count", "appearance", "direction")  # fixed ids: label seeds depend on them
 SPLITS = ("train", "val", "test")
 _MAX_TRIES = 20000
 
@@ -55,7 +62,7 @@ def task_specs(cfg: SynthConfig) -> dict[str, TaskSpec]:
     specs = {
         "order": TaskSpec(
             ("A before B", "B before A"), False,
-            "same steps and durations in both classes (the label only swaps A and B): a mean pool is identical",
+            "same steps, durations and scene states in both classes (the label only swaps A and B)",
         ),
         "precedes": TaskSpec(
             ("no C before any D", f"a C precedes a D by >= {cfg.min_gap} steps"), False,
@@ -64,6 +71,10 @@ def task_specs(cfg: SynthConfig) -> dict[str, TaskSpec]:
         "count": TaskSpec(
             tuple(f"E x{k}" for k in range(1, cfg.count_max + 1)), False,
             f"E always covers {e_total_segments(cfg)} segments in total, split into k equal steps",
+        ),
+        "direction": TaskSpec(
+            ("script forwards", "script backwards"), False,
+            "class 1 is class 0 with its filler steps in reverse order: same steps, same lengths",
         ),
         "appearance": TaskSpec(
             ("no F", "F occurs"), True, "F's segments shift the mean of the features",
@@ -85,11 +96,16 @@ def type_names(cfg: SynthConfig) -> list[str]:
 
 @dataclass(frozen=True)
 class Step:
-    """One step: a type id, its first segment and its length in segments."""
+    """One step: a type id, its first segment, its length in segments and its scene state.
+
+    ``state`` (fillers only, with ``order_trace``) counts the order steps (A, B) already
+    done: those steps leave a lasting trace on the scene, as real steps do.
+    """
 
     type: int
     start: int
     segments: int
+    state: int = 0
 
 
 @dataclass
@@ -109,6 +125,10 @@ class VideoPlan:
     def segment_types(self) -> np.ndarray:
         """[num_segments] int: the step type shown in each segment."""
         return np.repeat([s.type for s in self.steps], [s.segments for s in self.steps])
+
+    def segment_states(self) -> np.ndarray:
+        """[num_segments] int: the scene state of each segment (see :class:`Step`)."""
+        return np.repeat([s.state for s in self.steps], [s.segments for s in self.steps])
 
 
 def check_config(cfg: SynthConfig) -> None:
@@ -189,11 +209,13 @@ def plan_steps(cfg: SynthConfig, index: int, labels: dict[str, int]) -> list[Ste
     roles, durations = _draw_steps(cfg, labels, counts, durs)
     roles = [roles[i] for i in _arrange(cfg, roles, perm)]
     types = _assign_types(cfg, roles, labels, len(durations[D]), assign)
-    _fill(cfg, types, fill)
-    steps, t = [], 0
+    fillers = iter(_fillers(cfg, durations.pop(-1), labels.get("direction"), fill))
+    trace = cfg.order_trace and "order" in cfg.tasks
+    steps, t, milestones = [], 0, 0
     for ty in types:
-        n = durations[ty if ty < NUM_SPECIAL else -1].pop(0)
-        steps.append(Step(ty, t, n))
+        ty, n = next(fillers) if ty == -1 else (ty, durations[ty].pop(0))
+        steps.append(Step(ty, t, n, milestones if trace and ty >= NUM_SPECIAL else 0))
+        milestones += ty in (A, B)
         t += n
     return steps
 
@@ -230,13 +252,27 @@ def _draw_steps(cfg: SynthConfig, labels: dict[str, int], counts, durs) -> tuple
     return roles, durations
 
 
-def _arrange(cfg: SynthConfig, roles: list[str], rng) -> np.ndarray:
-    """A random order of the steps meeting constraints that hold whatever the labels are."""
-    roles_arr = np.array(roles)
+def _arrange(cfg: SynthConfig, roles: list[str], rng) -> list[int]:
+    """Indices into ``roles`` in timeline order, meeting constraints that never look at labels.
+
+    Stage 1 orders the fillers and the two order steps (at least ``min_gap`` fillers
+    apart), which fixes every filler's scene state; stage 2 puts each other task step
+    into a gap of its own (so they are never adjacent), precedes steps spread over at
+    least ``min_gap`` steps. The states of the fillers therefore never depend on how many
+    task steps get inserted (count, appearance), so their shares carry no label either.
+    """
+    base = [i for i, r in enumerate(roles) if r in ("filler", "order")]
+    extra = [i for i, r in enumerate(roles) if r not in ("filler", "order")]
+    if len(extra) > len(base) + 1:
+        raise ConfigError(f"synth: {len(extra)} task steps need as many gaps between {len(base)} filler/order "
+                          "steps; raise synth.filler_steps")
     for _ in range(_MAX_TRIES):
-        order = rng.permutation(len(roles))
-        pos = {r: np.flatnonzero(roles_arr[order] == r) for r in ("order", "precedes", "count")}
-        if _arrangement_ok(cfg, pos):
+        seq = [int(i) for i in rng.permutation(base)]
+        gaps = dict(zip(rng.choice(len(seq) + 1, size=len(extra), replace=False).tolist(), extra))
+        order = [i for g in range(len(seq) + 1) for i in ([gaps[g]] if g in gaps else []) + seq[g:g + 1]]
+        if _far(cfg, [k for k, i in enumerate(seq) if roles[i] == "order"]) and _far(
+            cfg, [k for k, i in enumerate(order) if roles[i] == "precedes"]
+        ):
             return order
     raise ConfigError(
         f"synth: no valid step arrangement found in {_MAX_TRIES} tries; "
@@ -244,15 +280,9 @@ def _arrange(cfg: SynthConfig, roles: list[str], rng) -> np.ndarray:
     )
 
 
-def _arrangement_ok(cfg: SynthConfig, pos: dict[str, np.ndarray]) -> bool:
-    """Order steps far apart; precedes steps spread out and non-adjacent; E steps non-adjacent."""
-    def far(p: np.ndarray) -> bool:
-        return len(p) < 2 or p[-1] - p[0] - 1 >= cfg.min_gap
-
-    def apart(p: np.ndarray) -> bool:
-        return len(p) < 2 or bool(np.diff(p).min() >= 2)
-
-    return far(pos["order"]) and far(pos["precedes"]) and apart(pos["precedes"]) and apart(pos["count"])
+def _far(cfg: SynthConfig, pos: list[int]) -> bool:
+    """First and last of ``pos`` (sorted step positions) have at least ``min_gap`` steps between."""
+    return len(pos) < 2 or pos[-1] - pos[0] - 1 >= cfg.min_gap
 
 
 def _assign_types(cfg: SynthConfig, roles: list[str], labels: dict[str, int], n_d: int, rng) -> list[int]:
@@ -289,11 +319,20 @@ def precedes_far(pos: list[int], types: list[int], gap: int) -> bool:
     return bool(cs and ds and max(ds) - min(cs) - 1 >= gap)
 
 
-def _fill(cfg: SynthConfig, types: list[int], rng) -> None:
-    """Filler types in place, uniform but never equal to the previous step (no merged steps)."""
-    fillers = np.arange(NUM_SPECIAL, NUM_SPECIAL + cfg.filler_types)
-    for i, ty in enumerate(types):
-        if ty == -1:
-            prev = types[i - 1] if i else -1
-            choices = fillers[fillers != prev]
-            types[i] = int(choices[rng.integers(len(choices))])
+def _fillers(cfg: SynthConfig, lengths: list[int], direction: int | None, rng) -> list[tuple[int, int]]:
+    """(type, segments) of the filler steps in timeline order; consecutive fillers always differ.
+
+    Without the direction task the types are uniform. With it they follow the script
+    cycle G -> H -> ... (a random other type with probability ``script_noise``), and
+    class 1 is the exact reverse of what class 0 would be: same types, same lengths.
+    """
+    n_types = cfg.filler_types
+    seq = [int(rng.integers(n_types))]
+    for _ in lengths[1:]:
+        prev = seq[-1]
+        if direction is not None and rng.random() >= cfg.script_noise:
+            seq.append((prev + 1) % n_types)
+        else:
+            seq.append(int((prev + rng.integers(1, n_types)) % n_types))
+    out = [(NUM_SPECIAL + t, n) for t, n in zip(seq, lengths)]
+    return out[::-1] if direction == 1 else out

@@ -2,6 +2,7 @@
 
 Each step type has a fixed look (two colours, a texture kind, frequency, orientation,
 drift speed) and a fixed sound (a tone with a beat rate), the same in every data set.
+A filler step in scene state s > 0 (see :mod:`lvmae.synth.plan`) gets a coloured frame.
 Nuisances are drawn per video from the seed: camera shake/zoom/roll (an AR(1) process
 over the whole video), a moving grey blob, gain and tint, pixel noise and audio noise.
 
@@ -26,6 +27,7 @@ from lvmae.io import atomic_write
 from lvmae.synth.plan import VideoPlan
 
 PATTERNS = ("stripes", "checker", "rings", "dots", "spiral")
+STATE_COLOURS = ((1.0, 0.85, 0.1), (0.1, 0.85, 1.0))  # frame of filler steps in scene state 1, 2
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,13 @@ def pattern_mask(lk: Look, x: np.ndarray, y: np.ndarray, phase: np.ndarray) -> n
     else:
         s = np.sin(3 * np.arctan2(y, x) + 0.6 * f * np.hypot(x, y) + phase)
     return 0.5 + 0.5 * np.tanh(2.0 * s)
+
+
+def _border(img: np.ndarray, colour: tuple[float, float, float], width: int) -> None:
+    """Paint a frame of ``width`` pixels around ``img [3, F, H, W]`` in place (screen space)."""
+    for c, v in enumerate(colour):
+        ch = img[c]
+        ch[:, :width], ch[:, -width:], ch[:, :, :width], ch[:, :, -width:] = v, v, v, v
 
 
 def _ar1(rng: np.random.Generator, n: int, dims: int, rho: float) -> np.ndarray:
@@ -122,6 +131,8 @@ class VideoRenderer:
         grey = np.float32(0.5) * self.gain + self.tint
         img = bg + (fg - bg) * m  # channels first: [3, F, H, W] keeps numpy's inner loops long
         img += (grey - img) * blob
+        if step.state:
+            _border(img, STATE_COLOURS[(step.state - 1) % len(STATE_COLOURS)], max(2, self.cfg.size // 8))
         img += self.noise[:, self.noise_idx[idx]]
         return np.ascontiguousarray((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 3, 0))
 
