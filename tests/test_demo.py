@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+
+from lvmae.cli import main
+from lvmae.config import load_config
+from lvmae.demo import STAGES, demo_config, run_demo
+from lvmae.errors import ConfigError
+
+pytest.importorskip("av")
+pytest.importorskip("efficientnet_lite_pytorch")
+
+# A scaled-down demo: 12 videos of ~8 one-second segments, a 4-step pretraining, 2-epoch probes.
+SMALL = [
+    "synth.num_videos=12", "synth.segment_seconds=1.0", "synth.segments_per_step=[1,1]",
+    "synth.filler_steps=[3,4]", "synth.min_gap=1", "synth.count_max=2", "synth.fps=4", "synth.size=32",
+    "synth.tasks=[order,appearance]", "synth.workers=1", "extract.segment.frames=1",
+    "model.width=32", "model.depth=1", "model.heads=2", "model.decoder_width=16", "model.decoder_heads=2",
+    "train.steps=4", "train.save_every=2", "train.log_every=2", "deepspeed.micro_batch=4",
+    "probe.epochs=2", "probe.seeds=[0]", "run.progress=false",
+]
+
+
+def test_scaled_down_demo_end_to_end_then_skips_and_refuses_other_config(tmp_path, capsys):
+    out = tmp_path / "demo"
+    logs: list[str] = []
+    report = run_demo(demo_config(out, overrides=SMALL), log=logs.append)
+    assert list(report["stages"]) == list(STAGES) and not any(s.get("skipped") for s in report["stages"].values())
+    for rel in ("config.yaml", "results.md", "demo.json", "synth/labels.csv", "synth/manifest.json",
+                "features/store.json", "pretrain/export/config.json", "pretrain/metrics.jsonl",
+                "probe/results.json", "plots/pretrain_curves.png", "plots/probe_accuracy.png",
+                *(f"stages/{s}.json" for s in STAGES)):
+        assert (out / rel).is_file(), rel
+    table = report["table"].splitlines()
+    assert all(m in table[0] for m in ("raw_mean_sklearn", "raw_linear", "lvmae_linear", "lvmae_attentive"))
+    assert {row.split("|")[1].strip() for row in table[2:]} == {"order", "appearance"}
+    md = (out / "results.md").read_text()
+    assert report["table"] in md and "`order`: mean pool cannot" in md and "`appearance`: mean pool can" in md
+    assert json.loads((out / "demo.json").read_text())["table"] == report["table"]
+    assert report["table"] in "\n".join(logs)
+
+    before = (out / "probe" / "results.json").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == len(STAGES) and report["table"] in printed
+    assert (out / "probe" / "results.json").stat().st_mtime_ns == before
+
+    (out / "stages" / "probe.json").unlink()  # an interrupted last stage runs again, alone
+    again = run_demo(demo_config(out, overrides=SMALL), log=lambda s: None)
+    assert [n for n, s in again["stages"].items() if not s.get("skipped")] == ["probe"]
+
+    with pytest.raises(ConfigError, match="another config"):
+        run_demo(demo_config(out, overrides=[*SMALL, "train.steps=5"]), log=lambda s: None)
+
+
+def test_demo_paths_follow_out_and_segment_length(tmp_path):
+    cfg = demo_config(tmp_path / "d", overrides=["synth.segment_seconds=2.0", "extract.out=elsewhere"])
+    assert cfg.extract.segment.seconds == 2.0 and cfg.extract.out == str(tmp_path / "d" / "features")
+    assert cfg.data.stores == [cfg.extract.out] == [cfg.probe.store]
+    assert cfg.probe.labels == str(tmp_path / "d" / "synth" / "labels.csv")
+    assert cfg.probe.tasks == list(cfg.synth.tasks) and cfg.train.resume
+    assert load_config([], []).synth.num_videos != 0  # demo sizes do not leak into the schema defaults
+
+
+def _order_store(root, n_videos=240, dim=64, seed=0):
+    """Feature store + labels for the synthetic ``order`` task, features = type/state prototypes + noise."""
+    from lvmae.config import SynthConfig
+    from lvmae.io import atomic_write_text
+    from lvmae.store import FeatureStore
+    from lvmae.synth import labels_csv, plan_dataset
+
+    plans = plan_dataset(SynthConfig(num_videos=n_videos, tasks=["order"], segments_per_step=[1, 2],
+                                     filler_steps=[6, 9], seed=seed))
+    rng = np.random.default_rng(seed)
+    protos, states = rng.standard_normal((16, dim)), 0.7 * rng.standard_normal((3, dim))
+    store = FeatureStore.create(root / "feats", {"config_hash": "test", "modalities": {"vision": {"dim": dim}}})
+    w = store.writer()
+    for p in plans:
+        x = protos[p.segment_types()] + states[p.segment_states()] + 0.3 * rng.standard_normal((p.num_segments, dim))
+        w.write(p.video_id, {"vision": x})
+    atomic_write_text(root / "labels.csv", labels_csv(plans, ["order"]))
+
+
+def test_trained_lvmae_beats_mean_pooling_on_order(tmp_path):
+    """The order task is out of a mean pool's reach by construction; LV-MAE's contextual tokens are not."""
+    from lvmae.probe import run_probe
+    from lvmae.train import pretrain
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    _order_store(tmp_path)
+    common = [f"data.stores=[{tmp_path}/feats]", "deepspeed.engine=torch", "run.progress=false",
+              "model.in_dim=64", "model.width=64", "model.depth=2", "model.heads=4", "model.decoder_width=32",
+              "model.decoder_depth=1", "model.decoder_heads=4", "model.norm_target=true", "data.max_len=64"]
+    pre = load_config([], [*common, f"run.out_dir={tmp_path}/pre", "deepspeed.micro_batch=32",
+                           "optim.base_lr=8e-3", "optim.warmup_steps=20", "train.steps=150",
+                           "train.save_every=150", "train.log_every=50", "train.plot=false"])
+    pretrain(pre)
+    probe = load_config([], [*common, f"run.out_dir={tmp_path}/probe", f"probe.labels={tmp_path}/labels.csv",
+                             f"probe.store={tmp_path}/feats", f"probe.checkpoint={tmp_path}/pre/export",
+                             "probe.methods=[raw_mean_sklearn,lvmae_attentive]", "probe.seeds=[0,1]",
+                             "probe.epochs=100", "probe.lr=1e-2"])
+    res = run_probe(probe)["results"]["order"]
+    raw, lvmae = res["raw_mean_sklearn"]["mean"], res["lvmae_attentive"]["mean"]
+    print("order accuracy: raw mean pool", raw, "LV-MAE attentive", lvmae)
+    assert raw < 65 and lvmae > raw + 15, (raw, lvmae)
