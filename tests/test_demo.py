@@ -83,7 +83,10 @@ def _order_store(root, n_videos=240, dim=64, seed=0):
 
 
 def test_trained_lvmae_beats_mean_pooling_on_order(tmp_path):
-    """The order task is out of a mean pool's reach by construction; LV-MAE's contextual tokens are not."""
+    """The order task is out of a mean pool's reach by construction; LV-MAE's contextual tokens are not.
+
+    (tools/demo_seeds.py shows an untrained encoder's tokens do about as well on order; count needs pretraining.)
+    """
     from lvmae.probe import run_probe
     from lvmae.train import pretrain
 
