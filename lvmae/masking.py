@@ -51,19 +51,25 @@ class MaskBatch:
                  visible iff ``ids_restore[b, l] < keep_valid[b].sum()``, and then it is
                  ``ids_keep[b, ids_restore[b, l]]``.
     mask:        ``[B, L]`` bool, True = masked and valid (the loss positions).
+    full:        host bool, True only if every segment of the batch is valid (so every
+                 ``keep_valid`` is True too). The model then attends without a key mask,
+                 which lets GPU attention use its flash kernels; known on the host when
+                 the masks are built, so reading it costs no device sync. False is always
+                 safe.
     """
 
     ids_keep: Tensor
     keep_valid: Tensor
     ids_restore: Tensor
     mask: Tensor
+    full: bool = False
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskBatch:
-        return MaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()))
+        return MaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()), full=self.full)
 
     def pin_memory(self) -> MaskBatch:
         """Lets a DataLoader with ``pin_memory=True`` pin the masks too."""
-        return MaskBatch(*(t.pin_memory() for t in self._tensors()))
+        return MaskBatch(*(t.pin_memory() for t in self._tensors()), full=self.full)
 
     def _tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.ids_keep, self.keep_valid, self.ids_restore, self.mask
@@ -136,4 +142,6 @@ def masks_from_scores(score: Tensor, valid: Tensor, n_keep: Tensor) -> MaskBatch
     k = int(n_keep.max())
     keep_valid = torch.arange(k, device=valid.device) < n_keep[:, None]
     mask = (ids_restore >= n_keep[:, None]) & valid
-    return MaskBatch(ids_keep=ids_shuffle[:, :k].contiguous(), keep_valid=keep_valid, ids_restore=ids_restore, mask=mask)
+    full = bool(valid.all())  # build_masks already syncs on valid; this adds nothing on a GPU
+    return MaskBatch(ids_keep=ids_shuffle[:, :k].contiguous(), keep_valid=keep_valid, ids_restore=ids_restore,
+                     mask=mask, full=full)

@@ -195,6 +195,29 @@ def test_packing_and_checkpointing_match_plain():
         torch.testing.assert_close(grad, runs[0][1], atol=1e-6, rtol=1e-4)
 
 
+
+def test_full_batch_attends_without_a_mask(monkeypatch):
+    """No padding -> no key mask reaches SDPA (GPU flash kernels refuse masks), same result."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = _model(VARIANTS["tokens"])
+    x, valid = _data(lengths=[9, 9, 9])
+    masks = _masks(x, valid)
+    assert masks.full and masks.to("cpu").full
+    fast = model(x, valid, masks, 1.0)["loss"]
+    assert len(seen) == 3 and all(m is None for m in seen)  # 2 encoder + 1 decoder blocks
+    seen.clear()
+    masked = model(x, valid, dataclasses.replace(masks, full=False), 1.0)["loss"]
+    assert len(seen) == 3 and all(m is not None for m in seen)
+    torch.testing.assert_close(fast, masked, atol=1e-6, rtol=1e-5)
+    assert not _masks(*_data()).full  # a ragged batch keeps its mask
+
 def test_bf16_forward_is_finite():
     model = _model(VARIANTS["hope"]).to(torch.bfloat16)
     x, valid = _data()

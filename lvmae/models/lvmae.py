@@ -203,7 +203,7 @@ class LVMAE(nn.Module):
         """Visible segments only: ``x [B, L, in_dim]`` -> latent ``[B, 1 + K*T, width]``."""
         x_vis = x.gather(1, masks.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         tokens, valid, rope = self.encoder_inputs(x_vis, time_positions(masks.ids_keep, scale), masks.keep_valid)
-        return self.encoder(tokens, valid, rope)
+        return self.encoder(tokens, None if masks.full else valid, rope)
 
     # ---------------------------------------------------------------- decoder
 
@@ -234,7 +234,7 @@ class LVMAE(nn.Module):
         """Latent ``[B, 1 + K*T, width]`` -> predictions ``[B, L, in_dim]``."""
         y = self.decoder_embed(latent)
         tokens, tok_valid, rope = self.decoder_inputs(y[:, :1], self.restore(y, masks), valid, scale)
-        return self.head(self.decoder(tokens, tok_valid, rope)[:, 1:])
+        return self.head(self.decoder(tokens, None if masks.full else tok_valid, rope)[:, 1:])
 
     # ------------------------------------------------------------------- loss
 
