@@ -199,8 +199,12 @@ class StoreWriter:
 
     def _append(self, rec: dict[str, Any]) -> None:
         rec = {**rec, "config_hash": self.store.config_hash, "time": time.time()}
-        line = json.dumps(rec, sort_keys=True, default=str) + "\n"
-        with open(self.part, "a", encoding="utf-8") as f:
+        line = (json.dumps(rec, sort_keys=True, default=str) + "\n").encode("utf-8")
+        with open(self.part, "a+b") as f:
+            if f.tell() > 0:  # a killed writer may have left a torn last line: start a new one
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

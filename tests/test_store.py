@@ -61,3 +61,13 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
         os.umask(mask)
     assert p.read_text() == "hi"
     assert oct(p.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_append_after_torn_line_keeps_the_new_record(tmp_path):
+    s = FeatureStore.create(tmp_path / "s", META)
+    w = s.writer()
+    w.write("a", {"vision": np.ones((2, 4)), "audio": np.ones((2, 3))})
+    with open(w.part, "a") as f:
+        f.write('{"video_id": "c", "sta')  # killed mid-line
+    FeatureStore.open(tmp_path / "s").writer().write("b", {"vision": np.ones((1, 4)), "audio": np.ones((1, 3))})
+    assert FeatureStore.open(tmp_path / "s").video_ids == ["a", "b"]
