@@ -302,15 +302,15 @@ def load_config(
     schema = OmegaConf.structured(base if base is not None else Config)
     OmegaConf.set_struct(schema, True)
     merged = schema
+    for f in files:
+        try:
+            merged = OmegaConf.merge(merged, _load_yaml(Path(f)))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_describe(e, f"in {f}: ")) from None
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not of the form key=value")
     try:
-        for f in files:
-            p = Path(f)
-            if not p.is_file():
-                raise ConfigError(f"config file not found: {p}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(p))
-        for o in overrides:
-            if "=" not in o:
-                raise ConfigError(f"override {o!r} is not of the form key=value")
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         obj = OmegaConf.to_object(merged)
@@ -319,13 +319,35 @@ def load_config(
     return validate(obj)  # type: ignore[arg-type]
 
 
-def _describe(e: Exception) -> str:
+def _load_yaml(path: Path) -> Any:
+    """A YAML file's top-level mapping; any unreadable or malformed file is a ConfigError naming it."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {path}: {' '.join(str(e).split())}") from None
+    except OSError:  # OmegaConf's answer to a top-level scalar
+        loaded = None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of sections (e.g. 'model:' on its own line), not a list or value")
+    return loaded
+
+
+def _describe(e: Exception, where: str = "") -> str:
     """One line naming the key, from OmegaConf's multi-line message."""
     msg = str(e).splitlines()[0]
     key = getattr(e, "full_key", None)
     if key and key not in msg:
         msg = f"{msg} (key: {key})"
-    return f"invalid config: {msg}"
+    return f"invalid config: {where}{msg}"
 
 
 def to_yaml(cfg: Config) -> str:

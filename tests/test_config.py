@@ -64,3 +64,18 @@ def test_resolved_config_round_trips(tmp_path):
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_yaml_loads(path):
     load_config([path])
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("model: [\n", "line 2"),                         # YAML syntax error
+    ("model:\n  depth: 2\n  depth: 3\n", "duplicate key"),
+    ("3\n", "mapping"),                               # top level not a mapping
+    ("- model\n", "mapping"),
+    ("model:\n  dpeth: 3\n", "dpeth"),                # schema error: names the file too
+])
+def test_bad_yaml_file_is_a_config_error_naming_the_file(tmp_path, text, expect):
+    y = tmp_path / "bad.yaml"
+    y.write_text(text)
+    with pytest.raises(ConfigError, match=expect) as e:
+        load_config([y])
+    assert "bad.yaml" in str(e.value) and "\n" not in str(e.value)
