@@ -138,6 +138,16 @@ def test_truncated_file_fails_or_keeps_the_decodable_part(vids, tmp_path):
     assert 1 <= len(segs) < 4 and any("truncated" in n for n in info["notes"])
 
 
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_audio_longer_than_video_is_not_truncation(tmp_path, ext):
+    """The container's duration is the longest stream's: the video's own length decides."""
+    path = make_video(tmp_path / f"v.{ext}", seconds=6, audio_seconds=14)
+    info = {}
+    segs = list(iter_segments(path, DecodeSpec(image_size=16), info))
+    assert len(segs) == 1 and info["announced_duration"] == pytest.approx(6.0, abs=0.3)
+    assert len(segs[0].audio) == 5 * 16000
+
 def test_subtitles_from_sidecar_and_from_stream(tmp_path):
     cues = [(1.0, 2.5, "hello <i>world</i>"), (4.0, 6.0, "across the boundary"), (11.0, 11.5, "late")]
     srt = write_srt(tmp_path / "film.srt", cues)

@@ -63,8 +63,12 @@ def _encode_audio(c, a, seconds: float) -> None:
 
 
 def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int = 64,
-               audio: bool = True, audio_rate: int = 16000, width: int | None = None) -> Path:
-    """A ``seconds``-long video at ``fps``; codec from the extension (mp4/webm/avi/mkv)."""
+               audio: bool = True, audio_rate: int = 16000, width: int | None = None,
+               audio_seconds: float | None = None) -> Path:
+    """A ``seconds``-long video at ``fps``; codec from the extension (mp4/webm/avi/mkv).
+
+    ``audio_seconds``: the audio track's length when it differs from the video's.
+    """
     path = Path(path)
     vcodec, acodec = CODECS[path.suffix]
     with av.open(str(path), "w") as c:
@@ -83,7 +87,7 @@ def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int 
         for p in v.encode():
             c.mux(p)
         if a is not None:
-            _encode_audio(c, a, seconds)
+            _encode_audio(c, a, audio_seconds or seconds)
     return path
 
 

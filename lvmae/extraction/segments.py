@@ -8,6 +8,7 @@ are cut on the same ``[start, end)`` boundaries.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,25 @@ def probe_info(container: Any, stream: Any) -> dict[str, Any]:
     return {
         "format": container.format.name, "codec": cc.name, "width": cc.width, "height": cc.height,
         "fps": float(stream.average_rate) if stream.average_rate else None,
-        "announced_duration": container.duration / 1e6 if container.duration else None,
+        "announced_duration": announced_duration(container, stream),
         "has_audio": bool(container.streams.audio), "notes": [],
     }
+
+
+def announced_duration(container: Any, stream: Any) -> float | None:
+    """The video stream's length as the file states it (s), else the container's.
+
+    The container's duration is its longest stream's: a soundtrack that outlasts the
+    picture would otherwise make a whole file look truncated. Matroska/WebM keep the
+    stream's length in a ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``).
+    """
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    m = re.fullmatch(r"\s*(\d+):(\d+):(\d+(?:\.\d*)?)\s*", tag or "")
+    if m:
+        return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    return container.duration / 1e6 if container.duration else None
 
 
 def iter_segments(path: str | Path, spec: DecodeSpec, info: dict[str, Any] | None = None) -> Iterator[Segment]:
