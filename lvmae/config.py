@@ -307,16 +307,37 @@ def load_config(
             merged = OmegaConf.merge(merged, _load_yaml(Path(f)))
         except OmegaConfBaseException as e:
             raise ConfigError(_describe(e, f"in {f}: ")) from None
-    for o in overrides:
-        if "=" not in o:
-            raise ConfigError(f"override {o!r} is not of the form key=value")
+    _check_overrides(overrides)
     try:
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         obj = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e)) from None
+    except (OmegaConfBaseException, TypeError) as e:
+        raise ConfigError(_describe(e, _culprit(merged, overrides))) from None
     return validate(obj)  # type: ignore[arg-type]
+
+
+def _culprit(merged: Any, overrides: Sequence[str]) -> str:
+    """``"override 'k=v': "`` for the first override that fails on its own (only after a failure)."""
+    from omegaconf import OmegaConf
+
+    for o in overrides:
+        try:
+            OmegaConf.merge(merged, OmegaConf.from_dotlist([o]))
+        except Exception:  # any failure marks the culprit; the caller reports the error
+            return f"override {o!r}: "
+    return ""
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    """``key=value`` shape, and no value for a whole section (OmegaConf's message names no key)."""
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not of the form key=value")
+        key = o.split("=", 1)[0].strip()
+        if key in sections:
+            raise ConfigError(f"override {o!r}: '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
 
 
 def _load_yaml(path: Path) -> Any:
@@ -345,6 +366,10 @@ def _describe(e: Exception, where: str = "") -> str:
     """One line naming the key, from OmegaConf's multi-line message."""
     msg = str(e).splitlines()[0]
     key = getattr(e, "full_key", None)
+    if key and "is not a ListConfig" in msg:
+        msg = f"{key} must be a list, e.g. {key}=[1,2] or {key}=[a,b]"
+    elif isinstance(e, TypeError):
+        msg = f"{msg} (a list or mapping where the schema has another kind of value)"
     if key and key not in msg:
         msg = f"{msg} (key: {key})"
     return f"invalid config: {where}{msg}"

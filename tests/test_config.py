@@ -79,3 +79,14 @@ def test_bad_yaml_file_is_a_config_error_naming_the_file(tmp_path, text, expect)
     with pytest.raises(ConfigError, match=expect) as e:
         load_config([y])
     assert "bad.yaml" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("probe.seeds=3", r"probe.seeds must be a list"),  # a scalar for a list field
+    ("probe.seeds={a: 1}", r"override .probe.seeds=\{a: 1\}.*list or mapping"),  # a mapping for a list: TypeError inside OmegaConf
+    ("run=3", r"'run' is a section"),                 # a value for a whole section
+])
+def test_shape_errors_say_what_was_expected(override, expect):
+    with pytest.raises(ConfigError, match=expect) as e:
+        load_config(overrides=[override])
+    assert "AnyNode" not in str(e.value) and "subclass" not in str(e.value)
