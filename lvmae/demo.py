@@ -122,6 +122,17 @@ RUNNERS: dict[str, Callable[[Config], dict[str, Any]]] = {
 }
 
 
+def _check_stages(cfg: Config) -> None:
+    """Each stage's own config checks, before the directory is claimed (a typo must not lock it)."""
+    from lvmae.extraction.api import check_config as check_extract
+    from lvmae.probe.methods import select_methods
+    from lvmae.synth import check_config as check_synth
+
+    check_synth(cfg.synth)
+    check_extract(cfg.extract)
+    select_methods(list(cfg.probe.methods), have_encoder=True)
+
+
 def _claim(cfg: Config) -> None:
     """A demo directory holds one config: refuse another rather than mix stale stages in."""
     out = Path(cfg.run.out_dir)
@@ -137,6 +148,7 @@ def _claim(cfg: Config) -> None:
 
 def run_demo(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or finish) every stage of the demo in ``cfg.run.out_dir``; returns ``demo.json``'s content."""
+    _check_stages(cfg)
     _claim(cfg)
     out = Path(cfg.run.out_dir)
     stages: dict[str, dict[str, Any]] = {}

@@ -108,3 +108,12 @@ def test_trained_lvmae_beats_mean_pooling_on_order(tmp_path):
     raw, lvmae = res["raw_mean_sklearn"]["mean"], res["lvmae_attentive"]["mean"]
     print("order accuracy: raw mean pool", raw, "LV-MAE attentive", lvmae)
     assert raw < 65 and lvmae > raw + 15, (raw, lvmae)
+
+
+@pytest.mark.parametrize("bad", ["synth.num_videos=0", "probe.methods=[nope]", "extract.dtype=int8"])
+def test_bad_stage_config_fails_before_claiming_the_directory(tmp_path, bad):
+    """A typo found only when its stage starts would lock the directory to the bad config."""
+    out = tmp_path / "d"
+    with pytest.raises(ConfigError):
+        run_demo(demo_config(out, overrides=[*SMALL, bad]), log=lambda s: None)
+    assert not (out / "config.yaml").exists()
