@@ -2,13 +2,15 @@
 
 Subcommand modules live in :mod:`lvmae.commands` and import their heavy
 dependencies (torch, av, deepspeed) inside ``run`` so that ``lvmae --help`` is instant.
-User errors (:class:`LvmaeError`, missing files) print one line and exit 2.
+User errors (:class:`LvmaeError`, and OS errors such as a missing file or a full disk)
+print one line and exit 2; ``LVMAE_TRACEBACK=1`` shows the traceback of OS errors instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +27,7 @@ examples:
   lvmae config -c configs/paper.yaml model.depth=16   # print the resolved config
 
 Every command takes -c/--config YAML files (merged in order) and key=value overrides.
+Errors are one line (exit 2); LVMAE_TRACEBACK=1 shows the traceback of file-system errors.
 """
 
 
@@ -60,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LvmaeError as e:
         print(f"lvmae {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"lvmae {args.command}: error: file not found: {e.filename or e}", file=sys.stderr)
+    except OSError as e:  # a missing input, --out on a file, no permission, disk full: not a crash
+        if os.environ.get("LVMAE_TRACEBACK"):
+            raise
+        where = f": {e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+        print(f"lvmae {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lvmae {args.command}: interrupted", file=sys.stderr)

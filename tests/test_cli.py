@@ -48,3 +48,14 @@ def test_model_code_imports_no_launcher_deps():
             "bad=[m for m in ('omegaconf','deepspeed') if m in sys.modules]; print(bad)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_os_errors_are_one_line_naming_the_path(tmp_path):
+    """--out pointing at a file (FileExistsError), a read-only dir and the like are user errors, not crashes."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = subprocess.run([sys.executable, "-m", "lvmae.cli", "synth", "--out", str(afile / "sub"), "num_videos=1",
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert str(afile) in r.stderr and "Not a directory" in r.stderr
