@@ -98,6 +98,24 @@ def test_audio_is_cut_on_segment_boundaries(vids):
         assert len(s.audio) == round((s.end - s.start) * 8000)
 
 
+
+@pytest.mark.parametrize("ext,spans,video_start", [
+    ("mkv", [(1.0, 4.0), (7.0, 12.0)], 0.0),  # starts late, pauses 4-7 s
+    ("mp4", [(0.0, 4.0), (7.0, 12.0)], 0.0),
+    ("mkv", None, 1.5),  # audio begins 1.5 s before the picture
+])
+def test_audio_with_gaps_and_offsets_stays_on_the_video_clock(tmp_path, ext, spans, video_start):
+    path = make_video(tmp_path / f"g.{ext}", seconds=12, audio_spans=spans, video_start=video_start)
+    spans = spans or [(0.0, 12.0)]
+    margin, tol = (0.005, 2e-4) if ext == "mkv" else (0.1, 1.5e-3)  # PCM is exact; AAC smears edges
+    for s in iter_segments(path, DecodeSpec(image_size=16, sample_rate=8000)):
+        t = video_start + s.start + np.arange(len(s.audio)) / 8000  # the audio track's clock
+        inside = np.any([(t >= a) & (t < b) for a, b in spans], 0)
+        want = np.where(inside, t / 12.0, 0.0)
+        far = np.all([np.abs(t - e) > margin for ab in spans for e in ab], 0)
+        bad = np.flatnonzero(far & (np.abs(s.audio - want) > tol))
+        assert bad.size == 0, (s.index, t[bad[:3]], s.audio[bad[:3]], want[bad[:3]])
+
 def test_centre_crop_and_squash(vids):
     # 96x32 frames: the left third holds the pattern, the rest is black
     crop = next(iter_segments(vids["wide"], DecodeSpec(frames=1, image_size=32, sample_rate=None)))

@@ -43,31 +43,38 @@ def _add_audio(c: av.container.OutputContainer, codec: str, seconds: float, rate
     return a
 
 
-def _encode_audio(c, a, seconds: float) -> None:
+def _encode_audio(c, a, seconds: float, spans: list[tuple[float, float]] | None = None) -> None:
+    """A ramp ``t / seconds`` over ``spans`` (``[(t0, t1)]`` s, default the whole ``[0, seconds)``);
+    nothing between spans (a gap in the timestamps, as in a recording that paused)."""
     sr = a.rate
     fmt = "s16" if a.codec_context.name == "pcm_s16le" else "fltp"
     if a.codec_context.name in ("aac", "libopus"):
         fmt = a.codec_context.format.name
-    total, step, t = int(round(seconds * sr)), a.frame_size or 1024, 0
-    while t < total:
-        n = min(step, total - t)
-        x = (np.arange(t, t + n) / total).astype(np.float32)[None]  # ramp 0 -> 1
-        data = np.round(x * 32767).astype(np.int16) if fmt == "s16" else x
-        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = sr, t, Fraction(1, sr)
-        for p in a.encode(frame):
-            c.mux(p)
-        t += n
+    total, step = seconds * sr, a.frame_size or 1024
+    for t0, t1 in spans or [(0.0, seconds)]:
+        t, end = int(round(t0 * sr)), int(round(t1 * sr))
+        while t < end:
+            n = min(step, end - t)
+            x = (np.arange(t, t + n) / total).astype(np.float32)[None]  # ramp 0 -> 1
+            data = np.round(x * 32767).astype(np.int16) if fmt == "s16" else x
+            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = sr, t, Fraction(1, sr)
+            for p in a.encode(frame):
+                c.mux(p)
+            t += n
     for p in a.encode():
         c.mux(p)
 
 
 def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int = 64,
                audio: bool = True, audio_rate: int = 16000, width: int | None = None,
-               audio_seconds: float | None = None) -> Path:
+               audio_seconds: float | None = None, audio_spans: list[tuple[float, float]] | None = None,
+               video_start: float = 0.0) -> Path:
     """A ``seconds``-long video at ``fps``; codec from the extension (mp4/webm/avi/mkv).
 
-    ``audio_seconds``: the audio track's length when it differs from the video's.
+    ``audio_seconds``: the audio track's length when it differs from the video's;
+    ``audio_spans``: the only times that have audio (see :func:`_encode_audio`);
+    ``video_start``: the first frame's timestamp (audio always starts its clock at 0).
     """
     path = Path(path)
     vcodec, acodec = CODECS[path.suffix]
@@ -81,13 +88,13 @@ def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int 
             if width:
                 img = np.concatenate([img, np.zeros((size, width - size, 3), np.uint8)], 1)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
+            frame.pts = i + int(round(video_start * fps))
             for p in v.encode(frame):
                 c.mux(p)
         for p in v.encode():
             c.mux(p)
         if a is not None:
-            _encode_audio(c, a, audio_seconds or seconds)
+            _encode_audio(c, a, audio_seconds or seconds, audio_spans)
     return path
 
 

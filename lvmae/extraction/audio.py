@@ -2,9 +2,11 @@
 
 The track is read through its own demuxer (a second open of the file), pulled only as far
 as the segment being cut needs: memory stays at about one segment of samples and no
-assumption is made about how audio and video packets are interleaved. The first decoded
-sample is placed at its timestamp on the video's timeline (leading silence or a lead-in
-before time 0 are handled); after that the track is taken as contiguous.
+assumption is made about how audio and video packets are interleaved. Samples are placed
+at their timestamps on the video's timeline: a track that starts late, pauses (a gap in
+its timestamps) or begins before the picture stays in sync; gaps become silence. Jitter
+under :data:`SLACK_S` is ignored (the track is then taken as contiguous), as FFmpeg's
+``aresample`` does below its ``min_hard_comp``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import av
 import numpy as np
+
+SLACK_S = 0.04  # timestamp jumps up to this are jitter, not gaps
 
 
 class AudioCutter:
@@ -29,7 +33,9 @@ class AudioCutter:
         self.notes: list[str] = []
         self._buf = np.zeros(0, np.float32)
         self._buf_start = 0  # sample index (on the video timeline) of _buf[0]
-        self._placed = False
+        self._placed = False  # no sample kept yet: the first ones go exactly at their timestamp
+        self._slack = round(SLACK_S * self.sr)
+        self._gaps = [0, 0]  # silences inserted: count, samples
         self._container = av.open(str(path))
         streams = self._container.streams.audio
         self.present = bool(streams)
@@ -40,11 +46,10 @@ class AudioCutter:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sr)
         try:
             for frame in self._container.decode(stream):
-                t = float(frame.time) - self.origin if frame.time is not None else None
                 for out in resampler.resample(frame):
-                    yield t, out.to_ndarray().reshape(-1)
+                    yield self._time(out), out.to_ndarray().reshape(-1)
             for out in resampler.resample(None):
-                yield None, out.to_ndarray().reshape(-1)
+                yield self._time(out), out.to_ndarray().reshape(-1)
         except (av.error.FFmpegError, ValueError) as e:
             self.notes.append(f"audio ends early: decode error at {self._end / self.sr:.1f} s ({e})")
 
@@ -58,14 +63,20 @@ class AudioCutter:
         except StopIteration:
             self._eof = True
             return
-        if not self._placed:
-            self._placed = True
-            offset = round((t or 0.0) * self.sr)
-            if offset > 0:
-                x = np.concatenate([np.zeros(offset, np.float32), x])
+        shift = round(t * self.sr) - self._end if t is not None else 0  # > 0: a gap; < 0: overlap
+        if shift and (not self._placed or abs(shift) > self._slack):
+            if shift < 0:
+                x = x[-shift:]
             else:
-                x = x[-offset:]
+                x = np.concatenate([np.zeros(shift, np.float32), x])
+                if self._placed:
+                    self._gaps = [self._gaps[0] + 1, self._gaps[1] + shift]
+        self._placed = self._placed or len(x) > 0
         self._buf = np.concatenate([self._buf, x.astype(np.float32, copy=False)])
+
+    def _time(self, frame: Any) -> float | None:
+        """Start of a resampled frame on the video's timeline (s), None if it has no timestamp."""
+        return float(frame.time) - self.origin if frame.time is not None else None
 
     def cut(self, start: float, end: float) -> np.ndarray | None:
         if not self.present:
@@ -79,4 +90,6 @@ class AudioCutter:
         return self._buf[: max(0, s1 - self._buf_start)].copy()
 
     def close(self) -> None:
+        if self._gaps[0]:
+            self.notes.append(f"audio has {self._gaps[0]} gap(s), {self._gaps[1] / self.sr:.2f} s in all: filled with silence")
         self._container.close()

@@ -88,8 +88,8 @@ def iter_segments(path: str | Path, spec: DecodeSpec, info: dict[str, Any] | Non
     finally:
         container.close()
         if audio is not None:
-            info["notes"].extend(audio.notes)
             audio.close()
+            info["notes"].extend(audio.notes)
 
 
 def _segment(w: _Window, audio: AudioCutter | None, cues: list | None) -> Segment:
