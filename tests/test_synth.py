@@ -221,3 +221,12 @@ def test_cli_resumes_and_refuses_other_config(tmp_path, capsys):
     with pytest.raises(DataError, match="another config"):
         generate(tiny(tmp_path, num_videos=2, tasks=["order", "appearance"], seed=5), progress=False)
     assert json.loads((tmp_path / "manifest.json").read_text())["config"]["segment_seconds"] == 1.0
+
+
+def test_cli_out_path_is_taken_literally(tmp_path, capsys):
+    """--out is a path, not a YAML value: 'x: y' must not become a mapping, 'yes' not a boolean."""
+    out = tmp_path / "runs: yes"
+    args = ["synth", "--out", str(out), "--no-progress", "num_videos=1", "tasks=[appearance]",
+            *(f"{k}={v}" for k, v in TINY.items() if k != "num_videos")]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out) and (out / "labels.csv").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from lvmae.config import Config, load_config
 
@@ -22,6 +23,11 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     paths = [x for x in items if "=" not in x]
     overrides = [x for x in items if "=" in x]
     return paths, overrides
+
+
+def literal(key: str, value: str) -> str:
+    """``key=value`` override that keeps ``value`` a string (a path like ``a: b`` or ``yes`` is not YAML)."""
+    return f"{key}={json.dumps(str(value))}"
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:

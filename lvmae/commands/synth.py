@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from lvmae.commands._common import add_config_args, config_from_args
+from lvmae.commands._common import add_config_args, config_from_args, literal
 
 HELP = "generate synthetic long videos whose labels need long-range order (for the demo and tests)"
 DESCRIPTION = """\
 Write minutes-long MP4 videos (H.264 + AAC) made of steps with distinct looks and
 sounds, a labels file in the generic probe format (video_id,split,task,label,target)
-and a manifest with every video's step timeline. Tasks: order, precedes and count
-(a mean pool of segment features is at chance by construction) and appearance (it is not).
+and a manifest with every video's step timeline. Tasks: order, precedes, count and
+direction (a mean pool of segment features is at chance by construction) and
+appearance (it is not).
 Deterministic from synth.seed; re-running renders only missing videos.
 Overrides may name synth fields without the prefix (num_videos=20 = synth.num_videos=20).
 
-example:
+examples:
   lvmae synth --out data/synth num_videos=40 fps=2
   lvmae synth -c configs/tiny.yaml --out /tmp/s synth.tasks=[order,appearance]
 """
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = [
         f"synth.{o}" if o.split("=", 1)[0] in fields else o for o in (args.overrides or [])
     ]
-    extra = [f"synth.out={args.out}"] if args.out else []
+    extra = [literal("synth.out", args.out)] if args.out else []
     cfg = config_from_args(args, extra)
     summary = generate(cfg.synth, progress=cfg.run.progress and not args.no_progress)
     print(json.dumps(summary, indent=2))
