@@ -1,6 +1,8 @@
 """The ``lvmae`` command line: one entry point, one module per subcommand.
 
-Subcommand modules live in :mod:`lvmae.commands` and import their heavy
+Subcommand modules live in :mod:`lvmae.commands` (``HELP``, ``DESCRIPTION`` with an
+example, ``add_arguments(p)``, ``run(args) -> int``, optional ``ON_INTERRUPT``: the hint
+printed after Ctrl-C, exit 130) and import their heavy
 dependencies (torch, av, deepspeed) inside ``run`` so that ``lvmae --help`` is instant.
 User errors (:class:`LvmaeError`, and OS errors such as a missing file or a full disk)
 print one line and exit 2; ``LVMAE_TRACEBACK=1`` shows the traceback of OS errors instead.
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _on_interrupt=getattr(mod, "ON_INTERRUPT", ""))
     return parser
 
 
@@ -70,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lvmae {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"lvmae {args.command}: interrupted", file=sys.stderr)
+        hint = f"; {args._on_interrupt}" if args._on_interrupt else ""
+        print(f"lvmae {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -59,3 +59,15 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert str(afile) in r.stderr and "Not a directory" in r.stderr
+
+
+def test_ctrl_c_exits_130_with_a_resume_hint(monkeypatch, capsys):
+    import lvmae.demo
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lvmae.demo, "run_demo", interrupted)
+    assert main(["demo", "--out", "unused"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lvmae demo: interrupted") and "again" in err and len(err.splitlines()) == 1

@@ -20,6 +20,8 @@ examples:
   lvmae demo --out /tmp/demo synth.num_videos=120 train.steps=300
 """
 
+ON_INTERRUPT = "run the same command again to resume"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="lvmae_demo", help="output directory (default: ./lvmae_demo)")

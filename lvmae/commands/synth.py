@@ -22,6 +22,8 @@ examples:
   lvmae synth -c configs/tiny.yaml --out /tmp/s synth.tasks=[order,appearance]
 """
 
+ON_INTERRUPT = "run the same command again to render only the missing videos"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (synth.out)")
