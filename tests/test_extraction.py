@@ -125,6 +125,17 @@ def test_centre_crop_and_squash(vids):
     assert squash.frames[0, :, :8, 0].mean() > crop.frames[0, :, :8, 0].mean() + 1  # squash keeps the left
 
 
+
+@pytest.mark.parametrize("rotation,black", [(0, "right"), (90, "top"), (-90, "bottom"), (180, "left")])
+def test_rotated_video_frames_are_upright(tmp_path, rotation, black):
+    """Phones store portrait video as landscape plus a display rotation: frames come out as shown."""
+    path = make_video(tmp_path / "r.mp4", seconds=3, size=32, width=48, audio=False, rotation=rotation)
+    spec = DecodeSpec(seconds=2, frames=1, image_size=24, resize="squash", sample_rate=None)
+    img = next(iter_segments(path, spec)).frames[0, ..., 0].astype(float)  # frame 4: red 32 left, black right
+    edge = {"top": img[:6].mean(), "bottom": img[-6:].mean(), "left": img[:, :6].mean(), "right": img[:, -6:].mean()}
+    facing = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}[black]
+    assert edge[black] < 6 and edge[facing] > 24, edge
+
 def test_short_video_kept_as_one_partial_segment(vids):
     info = {}
     segs = list(iter_segments(vids["short"], DecodeSpec(image_size=16, sample_rate=None), info))

@@ -69,12 +69,13 @@ def _encode_audio(c, a, seconds: float, spans: list[tuple[float, float]] | None 
 def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int = 64,
                audio: bool = True, audio_rate: int = 16000, width: int | None = None,
                audio_seconds: float | None = None, audio_spans: list[tuple[float, float]] | None = None,
-               video_start: float = 0.0) -> Path:
+               video_start: float = 0.0, rotation: int = 0) -> Path:
     """A ``seconds``-long video at ``fps``; codec from the extension (mp4/webm/avi/mkv).
 
     ``audio_seconds``: the audio track's length when it differs from the video's;
     ``audio_spans``: the only times that have audio (see :func:`_encode_audio`);
-    ``video_start``: the first frame's timestamp (audio always starts its clock at 0).
+    ``video_start``: the first frame's timestamp (audio always starts its clock at 0);
+    ``rotation``: display rotation (degrees counter-clockwise, as phones store portrait video).
     """
     path = Path(path)
     vcodec, acodec = CODECS[path.suffix]
@@ -82,6 +83,8 @@ def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int 
         v = c.add_stream(vcodec, rate=fps)
         v.width, v.height, v.pix_fmt = width or size, size, "yuv420p"
         v.bit_rate = 2_000_000  # flat colours must survive mpeg4's default quantiser
+        if rotation:
+            v.set_display_rotation(rotation)
         a = _add_audio(c, acodec, seconds, audio_rate) if audio else None
         for i in range(int(round(seconds * fps))):
             img = frame_rgb(i, size)

@@ -124,15 +124,22 @@ class _Window:
 
 
 def to_rgb(frame: av.VideoFrame, size: int, resize: str = "center_crop") -> np.ndarray:
-    """``[size, size, 3]`` uint8 RGB: short side scaled to ``size`` then centre-cropped, or squashed."""
+    """``[size, size, 3]`` uint8 RGB of the frame as displayed (its display rotation applied,
+    as players and FFmpeg do): short side scaled to ``size`` then centre-cropped, or squashed."""
     w, h = frame.width, frame.height
     if resize == "squash":
-        return frame.reformat(size, size, "rgb24", interpolation="AREA").to_ndarray()
+        return upright(frame.reformat(size, size, "rgb24", interpolation="AREA").to_ndarray(), frame)
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = frame.reformat(nw, nh, "rgb24", interpolation="AREA").to_ndarray()
-    y, x = (nh - size) // 2, (nw - size) // 2
+    img = upright(frame.reformat(nw, nh, "rgb24", interpolation="AREA").to_ndarray(), frame)
+    y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
     return np.ascontiguousarray(img[y:y + size, x:x + size])
+
+
+def upright(img: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
+    """Turn ``img`` ``[H, W, 3]`` by the frame's display rotation (portrait phone video)."""
+    k = round(frame.rotation / 90) % 4 if frame.side_data else 0
+    return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
 
 def open_video(path: str | Path) -> tuple[Any, Any]:
