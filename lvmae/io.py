@@ -1,13 +1,24 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes: a reader never sees a half-written file.
+
+The temp file is ``.NAME.HOST-PID.RANDOM.tmp`` beside the target: a writer killed with
+SIGKILL leaves it behind, and its name says whose it was, so :func:`remove_orphans` can
+delete it without touching a file another live process (or node) is still writing.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+_HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+_TMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
 def _umask() -> int:
@@ -24,7 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file in the same directory, fsync, rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{tmp_owner()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -49,3 +60,37 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def tmp_owner() -> str:
+    """``HOST-PID`` of this process, as written into its temp file names."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_orphans(directory: str | os.PathLike, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete temp files of :func:`atomic_write` left by killed writers; returns them.
+
+    A file goes when its writer was on this host and is gone, or (any host: a shared
+    filesystem) when it has not changed for ``max_age_s``. Files of live writers stay.
+    """
+    removed, now = [], time.time()
+    for p in Path(directory).glob(".*.tmp"):
+        m = _TMP.match(p.name)
+        try:
+            mine = m is not None and m["host"] == _HOST
+            if (mine and not _alive(int(m["pid"]))) or now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:
+            continue  # renamed into place or removed by another rank meanwhile
+    return removed

@@ -10,8 +10,8 @@ Why this shape: ``.npy`` files memory-map (pretraining reads random crops withou
 loading whole videos), a video is one file per modality (never one per segment),
 each rank appends to its own manifest part (no locking across nodes) and opening
 the store merges the parts. Feature files are written atomically before their
-manifest line, so a killed run leaves at most an orphan file, never a record
-pointing at a half-written one. The config hash in ``store.json`` stops features
+manifest line, so a killed run leaves at most an orphan temp file (removed by the
+next run: :meth:`FeatureStore.remove_orphans`), never a record pointing at a half-written one. The config hash in ``store.json`` stops features
 from different encoders or segmenting rules being mixed.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lvmae.errors import DataError
-from lvmae.io import atomic_write, atomic_write_json
+from lvmae.io import atomic_write, atomic_write_json, remove_orphans
 
 FORMAT_VERSION = 1
 OK, FAILED = "ok", "failed"
@@ -157,6 +157,10 @@ class FeatureStore:
     # ---- writing -------------------------------------------------------
     def writer(self, rank: int = 0, world_size: int = 1) -> StoreWriter:
         return StoreWriter(self, rank, world_size)
+
+    def remove_orphans(self, max_age_s: float = 3600.0) -> list[Path]:
+        """Delete half-written temp files of killed writers (see :func:`lvmae.io.remove_orphans`)."""
+        return remove_orphans(self.root / "features", max_age_s) + remove_orphans(self.root, max_age_s)
 
 
 class StoreWriter:

@@ -18,6 +18,7 @@ from lvmae.cli import main
 from lvmae.config import EncoderConfig, ExtractConfig, SegmentConfig
 from lvmae.errors import DataError
 from lvmae.extraction.api import Extractor, extract
+from lvmae.io import tmp_owner
 from lvmae.store import FeatureStore
 
 torch.set_num_threads(1)
@@ -169,8 +170,10 @@ def test_kill_and_resume(vdir, reference, tmp_path):
     proc.wait()
     partial = FeatureStore.open(out)
     assert 1 <= len(partial) < 4
+    torn = out / "features" / f".x.vision.npy.{tmp_owner().rsplit('-', 1)[0]}-{proc.pid}.abc.tmp"
+    torn.write_bytes(b"half")  # as if killed inside atomic_write
     summary = extract(vdir, out, cfg(decode_workers=1), progress=False)
-    assert summary["done"] == 4 - len(partial)
+    assert summary["done"] == 4 - len(partial) and summary["orphans_removed"] == 1 and not torn.exists()
     check_resumed(out, reference[0])
 
 

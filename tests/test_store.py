@@ -71,3 +71,31 @@ def test_append_after_torn_line_keeps_the_new_record(tmp_path):
         f.write('{"video_id": "c", "sta')  # killed mid-line
     FeatureStore.open(tmp_path / "s").writer().write("b", {"vision": np.ones((1, 4)), "audio": np.ones((1, 3))})
     assert FeatureStore.open(tmp_path / "s").video_ids == ["a", "b"]
+
+
+def test_orphan_temp_files_of_dead_writers_are_removed(tmp_path):
+    """SIGKILL mid-write leaves ``.NAME.HOST-PID.RAND.tmp``; only files no live writer can own go."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from lvmae.io import tmp_owner
+
+    s = FeatureStore.create(tmp_path / "s", META)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    feats = tmp_path / "s" / "features"
+    me, gone = tmp_owner(), tmp_owner().rsplit("-", 1)[0] + f"-{dead.pid}"
+    files = {name: feats / name for name in (
+        f".a.vision.npy.{gone}.x1.tmp",  # this host, dead writer: removed
+        f".b.vision.npy.{me}.x2.tmp",  # this process, still writing: kept
+        ".c.vision.npy.otherhost-7.x3.tmp",  # another node, fresh: kept
+        ".d.vision.npy.otherhost-7.x4.tmp",  # another node, hours old: removed
+    )}
+    for p in files.values():
+        p.write_bytes(b"x")
+    old = time.time() - 7200
+    os.utime(files[".d.vision.npy.otherhost-7.x4.tmp"], (old, old))
+    assert sorted(p.name for p in s.remove_orphans()) == [f".a.vision.npy.{gone}.x1.tmp", ".d.vision.npy.otherhost-7.x4.tmp"]
+    assert sorted(p.name for p in feats.iterdir()) == [f".b.vision.npy.{me}.x2.tmp", ".c.vision.npy.otherhost-7.x3.tmp"]

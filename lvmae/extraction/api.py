@@ -248,6 +248,7 @@ class Extractor:
         rank, world = parse_shard(shard if shard is not None else self.cfg.shard)
         mine = items[rank::world]
         store = self.open_store(out if out is not None else self.cfg.out)
+        orphans = store.remove_orphans()
         writer = store.writer(rank, world)
         finished = writer.finished()
         if self.cfg.retry_failed:
@@ -264,6 +265,7 @@ class Extractor:
             "video_hours": round(stats.seconds / 3600, 4), "elapsed_s": round(stats.elapsed, 3),
             "segments_per_s": round(stats.segments / max(stats.elapsed, 1e-9), 2),
             "store_videos": len(store), "store_failed": len(store.failed), "failures": stats.failures,
+            "orphans_removed": len(orphans),
         }
 
 
