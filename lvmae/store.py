@@ -179,6 +179,9 @@ class StoreWriter:
         """Store ``{modality: [N, D]}`` for one video, then record it."""
         mods = self.store.meta["modalities"]
         dtype = np.dtype(self.store.meta.get("dtype", "float16"))
+        missing = [m for m in mods if m not in arrays]
+        if missing:
+            raise DataError(f"{video_id}: missing {', '.join(missing)} features (store has {list(mods)})")
         lengths = {a.shape[0] for a in arrays.values()}
         if len(lengths) != 1:
             raise DataError(f"{video_id}: modalities have different segment counts {sorted(lengths)}")

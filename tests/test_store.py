@@ -7,6 +7,10 @@ from lvmae.store import FeatureStore, config_hash
 META = {"config_hash": config_hash({"enc": "x"}), "modalities": {"vision": {"dim": 4}, "audio": {"dim": 3}}}
 
 
+def rows(n):
+    return {"vision": np.ones((n, 4)), "audio": np.ones((n, 3))}
+
+
 def test_write_read_round_trip(tmp_path):
     s = FeatureStore.create(tmp_path / "s", META)
     w = s.writer()
@@ -31,17 +35,17 @@ def test_bad_arrays_rejected_and_nothing_recorded(tmp_path):
     s = FeatureStore.create(tmp_path / "s", META)
     w = s.writer()
     with pytest.raises(DataError, match="shape"):
-        w.write("a", {"vision": np.zeros((5, 7))})
+        w.write("a", {"vision": np.zeros((5, 7)), "audio": np.zeros((5, 3))})
     with pytest.raises(DataError, match="NaN"):
-        w.write("a", {"vision": np.full((5, 4), np.nan)})
+        w.write("a", {"vision": np.full((5, 4), np.nan), "audio": np.zeros((5, 3))})
     assert "a" not in FeatureStore.open(tmp_path / "s")
 
 
 def test_shard_parts_merge_and_torn_line(tmp_path):
     s = FeatureStore.create(tmp_path / "s", META)
-    s.writer(0, 2).write("a", {"vision": np.ones((2, 4))})
+    s.writer(0, 2).write("a", rows(2))
     w1 = s.writer(1, 2)
-    w1.write("b", {"vision": np.ones((3, 4))})
+    w1.write("b", rows(3))
     with open(w1.part, "a") as f:
         f.write('{"video_id": "c", "sta')  # killed mid-line
     s2 = FeatureStore.open(tmp_path / "s")
@@ -66,10 +70,10 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
 def test_append_after_torn_line_keeps_the_new_record(tmp_path):
     s = FeatureStore.create(tmp_path / "s", META)
     w = s.writer()
-    w.write("a", {"vision": np.ones((2, 4)), "audio": np.ones((2, 3))})
+    w.write("a", rows(2))
     with open(w.part, "a") as f:
         f.write('{"video_id": "c", "sta')  # killed mid-line
-    FeatureStore.open(tmp_path / "s").writer().write("b", {"vision": np.ones((1, 4)), "audio": np.ones((1, 3))})
+    FeatureStore.open(tmp_path / "s").writer().write("b", rows(1))
     assert FeatureStore.open(tmp_path / "s").video_ids == ["a", "b"]
 
 
@@ -99,3 +103,12 @@ def test_orphan_temp_files_of_dead_writers_are_removed(tmp_path):
     os.utime(files[".d.vision.npy.otherhost-7.x4.tmp"], (old, old))
     assert sorted(p.name for p in s.remove_orphans()) == [f".a.vision.npy.{gone}.x1.tmp", ".d.vision.npy.otherhost-7.x4.tmp"]
     assert sorted(p.name for p in feats.iterdir()) == [f".b.vision.npy.{me}.x2.tmp", ".c.vision.npy.otherhost-7.x3.tmp"]
+
+
+def test_write_needs_every_modality(tmp_path):
+    """A record without one of the store's modalities would break every reader of that modality."""
+    s = FeatureStore.create(tmp_path / "s", META)
+    for arrays in ({}, {"vision": np.ones((2, 4))}):
+        with pytest.raises(DataError, match="missing audio"):
+            s.writer().write("a", arrays)
+    assert "a" not in FeatureStore.open(tmp_path / "s")
