@@ -230,3 +230,27 @@ def test_cli_out_path_is_taken_literally(tmp_path, capsys):
             *(f"{k}={v}" for k, v in TINY.items() if k != "num_videos")]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["out"] == str(out) and (out / "labels.csv").is_file()
+
+
+def test_ctrl_c_stops_parallel_rendering_promptly(tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C) must not wait for every queued video."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 40
+    cmd = [sys.executable, "-m", "lvmae.cli", "synth", "--out", str(tmp_path), "--no-progress", f"num_videos={n}",
+           "workers=2", "tasks=[appearance]", "fps=4", "size=64", "audio=false", "filler_steps=[8,10]"]
+    p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while not list((tmp_path / "videos").glob("*.mp4")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    done = len(list((tmp_path / "videos").glob("*.mp4")))
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert done < n // 2, done  # before the fix the pool rendered all queued videos first
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -93,11 +93,14 @@ def _render_all(todo: list[VideoPlan], cfg: SynthConfig, out: Path, progress: bo
             write_video(p, cfg, video_path(out, p.video_id))
             bar.update()
     else:
-        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"))
+        try:
             futures = [pool.submit(write_video, p, cfg, video_path(out, p.video_id)) for p in todo]
             for f in as_completed(futures):
                 f.result()
                 bar.update()
+        finally:  # on Ctrl-C or a failed video, drop the queued videos instead of rendering them all first
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
 
 
