@@ -159,10 +159,10 @@ def load_weights(module: nn.Module, path: Path) -> None:
     module.load_state_dict(load_file(str(path), device=str(next(module.parameters()).device)))
 
 
-def grad_norm(model: nn.Module) -> float:
-    """L2 norm of all gradients (before clipping)."""
+def grad_norm(model: nn.Module) -> torch.Tensor:
+    """L2 norm of all gradients (before clipping), a 0-d float32 tensor left on their device."""
     norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 class _EngineBase:
@@ -232,7 +232,8 @@ class TorchEngine(_EngineBase):
         loss = loss / self.grad_accum
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
+        """All-reduce, clip and apply the gradients; returns their norm before clipping (0-d, on the device)."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.dist.world > 1:
             for p in params:
@@ -241,7 +242,7 @@ class TorchEngine(_EngineBase):
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         clip = self.grad_clip if self.grad_clip > 0 else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -291,13 +292,13 @@ class DeepSpeedEngine(_EngineBase):
         self.ds.backward(loss)  # scales by 1/grad_accum itself
         self._pending = True
 
-    def step(self) -> float | None:
+    def step(self) -> torch.Tensor | float | None:
+        """The optimizer step; returns the gradient norm before clipping as DeepSpeed reports it (None: unknown)."""
         # Plain fp32 without ZeRO: DeepSpeed clips but does not keep the norm, so measure it here.
         own = None if hasattr(self.ds.optimizer, "_global_grad_norm") else grad_norm(self.model)
         self.ds.step()
         self._pending = False
-        norm = self.ds.get_global_grad_norm() if own is None else own
-        return None if norm is None else float(norm)
+        return self.ds.get_global_grad_norm() if own is None else own
 
     @contextlib.contextmanager
     def gathered(self):

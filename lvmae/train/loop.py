@@ -28,7 +28,7 @@ from lvmae.io import atomic_write_json
 from lvmae.train.checkpoint import Checkpointer
 from lvmae.train.engine import DistInfo, Engine, build_engine, setup_distributed
 from lvmae.train.export import write_export
-from lvmae.train.metrics import MetricsLogger, plot_curves, read_metrics, retrieval_topk
+from lvmae.train.metrics import MetricsLogger, plot_curves, read_metrics, retrieval_hits
 from lvmae.train.schedule import lr_at, peak_lr
 
 
@@ -128,53 +128,101 @@ def _first_difference(prefix: str, a: dict, b: dict) -> tuple[str, Any, Any]:
     return prefix, a, b
 
 
-def _micro_batch(run: _Run, batch: dict[str, Any], stats: dict[str, float], last: bool) -> None:
-    """Forward + finite-loss guard + backward for one micro-batch; adds to ``stats``."""
-    b = to_device(batch, run.engine.device, run.engine.input_dtype)
-    out = run.engine.forward(b["x"], b["valid"], b["masks"], scale=b["scale"])
-    loss = out["loss"]
-    finite = torch.tensor(float(math.isfinite(float(loss.detach()))), device=run.engine.device)
-    if run.dist.world > 1:
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    if not finite.item():
-        latest = run.ckpt.latest()
-        raise NonFiniteLossError(
-            f"loss is {float(loss.detach())} at step {run.step + 1} (videos {batch['video_ids'][:4]}...); "
-            f"stopped without saving. Last good checkpoint: {latest or 'none'}. "
-            "Check the features for outliers, lower optim.base_lr or use precision bf16/fp32."
-        )
-    run.engine.backward(loss)
-    stats["loss"] += float(loss.detach()) / run.engine.grad_accum
-    stats["segments"] += float(b["valid"].sum())
-    stats["samples"] += len(batch["video_ids"])
-    if last:
-        stats.update(retrieval_topk(out["pred"], out["target"], out["mask"], b["valid"]))
+@dataclasses.dataclass
+class _Step:
+    """One optimizer step. ``values`` stays on the device until a log or checkpoint step fetches it."""
+
+    step: int
+    lr: float
+    samples: int
+    video_ids: list[str]
+    values: torch.Tensor  # [5] float32, in VALUES order
+    check_norm: bool  # False where an inf norm is expected (fp16 loss scaling skips that step) or unknown
 
 
-def _train_step(run: _Run) -> dict[str, float]:
-    """One optimizer step; returns its scalars (loss, lr, grad norm, retrieval, counts)."""
+VALUES = ("loss", "grad_norm", "segments", "top1", "top5")
+
+
+def _scalar(v: torch.Tensor | float | None, device: torch.device) -> torch.Tensor:
+    """A 0-d float32 tensor on ``device`` (NaN for None) without waiting for the device."""
+    if v is None:
+        return torch.full((), float("nan"), device=device)
+    return torch.as_tensor(v, dtype=torch.float32).reshape(()).to(device)
+
+
+def _train_step(run: _Run) -> _Step:
+    """One optimizer step (``grad_accum`` micro-batches), queued without a host sync.
+
+    Nothing here reads a device value back (no ``float(t)``, ``.item()`` or boolean-mask
+    indexing), so on a GPU the CPU prepares the next step while this one runs; the
+    finite check happens in :func:`_fetch`, at the next log or checkpoint step.
+    """
     lr = lr_at(run.step, run.peak, run.cfg.train.steps, run.cfg.optim.warmup_steps, run.cfg.optim.min_lr)
     run.engine.set_lr(lr)
-    stats = {"loss": 0.0, "segments": 0.0, "samples": 0.0}
-    for i in range(run.engine.grad_accum):
-        _micro_batch(run, next(run.stream), stats, last=i == run.engine.grad_accum - 1)
+    device, loss, segments, ids = run.engine.device, 0.0, 0.0, []
+    for _ in range(run.engine.grad_accum):
+        batch = next(run.stream)
+        b = to_device(batch, device, run.engine.input_dtype)
+        out = run.engine.forward(b["x"], b["valid"], b["masks"], scale=b["scale"])
+        run.engine.backward(out["loss"])
+        loss = loss + out["loss"].detach().float()
+        segments = segments + b["valid"].sum()
+        ids += batch["video_ids"]
+    hits = retrieval_hits(out["pred"], out["target"], out["mask"], b["valid"])  # the last micro-batch
     norm = run.engine.step()
     run.step += 1
-    stats.update(lr=lr, grad_norm=float("nan") if norm is None else norm)
-    return stats
+    values = torch.cat([torch.stack([loss / run.engine.grad_accum, _scalar(norm, device), segments.float()]), hits])
+    check_norm = norm is not None and run.engine.precision != "fp16"
+    return _Step(run.step, lr, len(ids), ids, values, check_norm)
 
 
-def _log_scalars(run: _Run, window: list[dict[str, float]], seconds: float) -> dict[str, float]:
+def _fetch(run: _Run, window: list[_Step]) -> list[list[float]]:
+    """The window's numbers on the host (``[steps][VALUES]``): the loop's one sync per log/checkpoint step.
+
+    Raises :class:`NonFiniteLossError` on every rank together at the first step whose
+    loss (or gradient norm, outside fp16 loss scaling) is NaN/inf. The weights may be
+    NaN by then, so it is checked before every checkpoint and nothing after it is saved.
+    """
+    table = torch.stack([s.values for s in window])  # [n, 5]
+    n, device = len(window), table.device
+    checked = torch.tensor([[True, s.check_norm] for s in window], device=device)
+    bad = (~torch.isfinite(table[:, :2]) & checked).any(1)
+    first = torch.where(bad, torch.arange(n, device=device), n).min()
+    if run.dist.world > 1:
+        torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+    flat = torch.cat([table.flatten(), first.float()[None]]).tolist()
+    rows = [flat[i * len(VALUES) : (i + 1) * len(VALUES)] for i in range(n)]
+    if int(flat[-1]) < n:
+        raise _non_finite(run, window[int(flat[-1])], rows[int(flat[-1])])
+    return rows
+
+
+def _non_finite(run: _Run, s: _Step, row: list[float]) -> NonFiniteLossError:
+    loss, norm = row[0], row[1]
+    if not math.isfinite(loss):
+        what = f"loss is {loss}"
+    elif s.check_norm and not math.isfinite(norm):
+        what = f"grad norm is {norm} (loss {loss:.4g})"
+    else:
+        what = f"another rank's loss or grad norm is not finite (this rank {run.dist.rank}: loss {loss:.4g})"
+    return NonFiniteLossError(
+        f"{what} at step {s.step} (videos {s.video_ids[:4]}...); stopped without saving. "
+        f"Last good checkpoint: {run.ckpt.latest() or 'none'}. "
+        "Check the features for outliers, lower optim.base_lr or use precision bf16/fp32."
+    )
+
+
+def _log_scalars(run: _Run, window: list[_Step], rows: list[list[float]], seconds: float) -> dict[str, float]:
     """Mean over the steps since the last log; throughput counts every rank."""
-    last = window[-1]
+    v = dict(zip(VALUES, np.asarray(rows, dtype=np.float64).T))
     scalars = {
-        "train/loss": float(np.mean([s["loss"] for s in window])),
-        "train/lr": last["lr"],
-        "train/grad_norm": float(np.mean([s["grad_norm"] for s in window])),
-        "train/retrieval_top1": float(np.mean([s["top1"] for s in window])),
-        "train/retrieval_top5": float(np.mean([s["top5"] for s in window])),
-        "perf/segments_per_s": sum(s["segments"] for s in window) * run.dist.world / seconds,
-        "perf/samples_per_s": sum(s["samples"] for s in window) * run.dist.world / seconds,
+        "train/loss": float(v["loss"].mean()),
+        "train/lr": window[-1].lr,
+        "train/grad_norm": float(v["grad_norm"].mean()),
+        "train/retrieval_top1": float(v["top1"].mean()),
+        "train/retrieval_top5": float(v["top5"].mean()),
+        "perf/segments_per_s": float(v["segments"].sum()) * run.dist.world / seconds,
+        "perf/samples_per_s": sum(s.samples for s in window) * run.dist.world / seconds,
         "perf/steps_per_s": len(window) / seconds,
         "train/epoch": float(run.stream.epoch),
     }
@@ -194,20 +242,24 @@ def _train(run: _Run, logger: MetricsLogger) -> dict[str, float]:
     t = run.cfg.train
     bar = tqdm(total=t.steps, initial=run.step, desc="pretrain", unit="step", dynamic_ncols=True,
                disable=not (run.cfg.run.progress and run.dist.is_main))
-    window: list[dict[str, float]] = []
+    window: list[_Step] = []
     scalars: dict[str, float] = {}
     tic = time.perf_counter()
     try:
         while run.step < t.steps:
             window.append(_train_step(run))
             bar.update(1)
-            if run.step % t.log_every == 0 or run.step == t.steps:
-                scalars = _log_scalars(run, window, time.perf_counter() - tic)
+            log = run.step % t.log_every == 0 or run.step == t.steps
+            save = run.step % t.save_every == 0 or run.step == t.steps
+            if log or save:
+                rows = _fetch(run, window)  # raises before a non-finite step is logged or saved
+            if log:
+                scalars = _log_scalars(run, window, rows, time.perf_counter() - tic)
                 logger.log(run.step, scalars)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", lr=f"{scalars['train/lr']:.2e}",
                                 top1=f"{scalars['train/retrieval_top1']:.2f}")
                 window, tic = [], time.perf_counter()
-            if run.step % t.save_every == 0 or run.step == t.steps:
+            if save:
                 saving = time.perf_counter()
                 _save(run)
                 tic += time.perf_counter() - saving  # throughput counts training time only

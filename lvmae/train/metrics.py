@@ -15,6 +15,31 @@ from lvmae.io import atomic_write, atomic_write_text
 
 
 @torch.no_grad()
+def retrieval_hits(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor,
+    ks: Sequence[int] = (1, 5), chunk: int = 4096,
+) -> torch.Tensor:
+    """Top-k retrieval rates ``[len(ks)]`` on the batch's device, without a host sync.
+
+    Same definition as :func:`retrieval_topk`. Masks select by multiplication, not by
+    boolean indexing (which waits for the GPU to learn the result's size): every
+    segment is scored as a query against every segment, invalid ones excluded from
+    the gallery, in chunks of ``chunk`` queries to bound memory at ``chunk × B·L``.
+    """
+    d = pred.shape[-1]
+    queries = F.normalize(pred.reshape(-1, d).float(), dim=-1)  # [B*L, D]
+    gallery = F.normalize(target.reshape(-1, d).float(), dim=-1)  # [B*L, D]
+    in_gallery, is_query = valid.reshape(-1), mask.reshape(-1)
+    k = torch.tensor(list(ks), device=pred.device)
+    hits = torch.zeros(len(ks), device=pred.device)
+    for lo in range(0, len(queries), chunk):
+        sims = queries[lo : lo + chunk] @ gallery.T  # [c, B*L]
+        own = sims.diagonal(offset=lo)[:, None]  # each query's score against its own target
+        rank = ((sims > own) & in_gallery).sum(1)  # [c]
+        hits += ((rank[:, None] < k) & is_query[lo : lo + chunk, None]).sum(0)
+    return hits / is_query.sum().clamp(min=1)
+
+
 def retrieval_topk(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, ks: Sequence[int] = (1, 5)
 ) -> dict[str, float]:
@@ -26,16 +51,7 @@ def retrieval_topk(
     e.g. tiled copies of the same segment, do not count against it).
     Returns ``{"top1": .., "top5": ..}`` (NaN-free; 0 when nothing is masked).
     """
-    gallery = F.normalize(target[valid].float(), dim=-1)  # [N, D]
-    queries = F.normalize(pred[mask].float(), dim=-1)  # [M, D]
-    if len(queries) == 0:
-        return {f"top{k}": 0.0 for k in ks}
-    gallery_index = valid.flatten().long().cumsum(0) - 1  # [B*L] position in the gallery
-    own = gallery_index[mask.flatten()]  # [M]
-    sims = queries @ gallery.T  # [M, N]
-    own_sim = sims.gather(1, own[:, None])
-    rank = (sims > own_sim).sum(1)
-    return {f"top{k}": float((rank < k).float().mean()) for k in ks}
+    return dict(zip((f"top{k}" for k in ks), retrieval_hits(pred, target, mask, valid, ks).tolist()))
 
 
 class MetricsLogger:
