@@ -71,3 +71,15 @@ def test_ctrl_c_exits_130_with_a_resume_hint(monkeypatch, capsys):
     assert main(["demo", "--out", "unused"]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("lvmae demo: interrupted") and "again" in err and len(err.splitlines()) == 1
+
+
+def test_config_doc_annotates_keys_and_stays_loadable(tmp_path, capsys):
+    from lvmae.config import load_config
+
+    assert main(["config", "--doc", "model.depth=3", "optim.betas=[0.8,0.9]"]) == 0
+    text = capsys.readouterr().out
+    assert "masking:  # Which segments the autoencoder must reconstruct" in text  # section: class docstring
+    assert "  device: auto  # auto | cpu | cuda" in text  # field: inline comment
+    assert "  short_policy: tile  # A video shorter than the drawn crop length" in text  # field: comment above
+    (tmp_path / "doc.yaml").write_text(text)
+    assert load_config([tmp_path / "doc.yaml"]) == load_config([], ["model.depth=3", "optim.betas=[0.8,0.9]"])
