@@ -4,6 +4,8 @@ and the precision knob it measures (bf16 fast path against the fp32 reference).
 No timing is asserted: speed belongs in the benchmark's output, not in tests.
 """
 
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -166,3 +168,37 @@ def test_bf16_fast_path_matches_fp32_reference_within_bf16_tolerance():
     g_ref = torch.cat([p.grad.flatten() for p in ref.parameters()])
     assert torch.nn.functional.cosine_similarity(g_fast, g_ref, dim=0) > 0.999  # another mask: 0.69
     assert (g_fast - g_ref).norm() < 0.05 * g_ref.norm()
+
+
+def test_memory_model_recovers_known_coefficients():
+    import bench_memory
+
+    truth = bench_memory.MemoryModel(fb=[5e6, 300.0, 2e6, 900.0, 1e6, 400.0], opt=[4e6, 3e6, 1e6])
+    rows = [{"enc_blocks": e, "dec_blocks": d, "segments": n,
+             "fb_bytes": truth.predict(e, d, n)["fb_gib"] * 2**30, "opt_bytes": truth.predict(e, d, n)["opt_gib"] * 2**30}
+            for e, d in bench_memory.FIT_BLOCKS for n in (100, 300)]
+    fitted = bench_memory.MemoryModel.fit(rows)
+    assert fitted.fb == pytest.approx(truth.fb) and fitted.opt == pytest.approx(truth.opt)
+    n = bench_memory.longest_fit(truth, 32, 8, budget_gib=1.0)
+    assert truth.predict(32, 8, n)["peak_gib"] <= 1.0 < truth.predict(32, 8, 2 * n)["peak_gib"]
+
+
+def test_memory_fit_predicts_a_deeper_longer_model():
+    """Fitted on 1-2 blocks at 64/128 segments, the peak of 3+2 blocks at 512 segments must be
+    predicted within 5 %: the linear-in-blocks, linear-in-length assumptions, measured."""
+    import bench_memory
+
+    torch.set_num_threads(1)
+    args = bench_memory.parse_args(["--preset", "cpu-tiny", "--variants", "fast+bf16", "--fit-lengths", "64", "128",
+                                    "--check", "3,2,512", "--lengths", "256", "4096", "--gpu-gib", "0.05"])
+    doc = bench_memory.run(args)
+    res = doc["variants"]["fast+bf16"]
+    (check,) = res["checks"]
+    assert abs(check["rel_error"]) < 0.05, check
+    cfg = bench_model.load_bench_config(argparse.Namespace(preset="cpu-tiny", config=[], overrides=[]))
+    params = sum(p.numel() for p in LVMAE(dataclasses.replace(cfg.model, depth=3, decoder_depth=2)).parameters())
+    assert check["opt_bytes"] >= 16 * params  # fp32 weights, gradients and AdamW's two moments
+    pred = res["predicted"]
+    assert 0 < pred[256]["peak_gib"] < pred[4096]["peak_gib"]
+    assert res["coefficients"]["encoder_block_bytes_per_segment"] > 0
+    assert res["longest_fit_segments"] > 0
