@@ -8,10 +8,11 @@ from lvmae.commands._common import add_config_args
 
 HELP = "synthetic videos -> extract -> pretrain LV-MAE -> probe vs raw baselines, end to end on CPU"
 DESCRIPTION = """\
-Make synthetic long videos whose labels depend on the order of their steps, embed
-their 5-s segments with the default offline encoder, pre-train a tiny LV-MAE and
-probe it (linear and attentive) beside mean-pooled and attentive raw-feature
-baselines. Prints the results table; writes it, the plots (pretraining loss and
+Make synthetic long videos (tasks: order and count, whose labels a mean pool of
+segment features cannot see, and appearance, which it can), embed their 5-s segments
+with the default offline encoder, pre-train a tiny LV-MAE and probe it (linear and
+attentive) beside mean-pooled raw-feature baselines (scikit-learn logistic regression,
+linear probe). Prints the results table; writes it, the plots (pretraining loss and
 retrieval, probe accuracy) and every number to --out. Nothing is downloaded.
 Re-running the same command skips finished stages and resumes an interrupted one.
 
