@@ -3,6 +3,7 @@
     python tools/bench_memory.py --preset paper --threads 2                  # any machine, minutes
     python tools/bench_memory.py --preset paper --device cuda                # same fit, measured on a GPU
     python tools/bench_memory.py --preset cpu-tiny --threads 1 --fit-lengths 64 128 --check 3,2,512
+    python tools/bench_memory.py --render OUT.json                            # Markdown tables
 
 Why: whether one 32,768-segment sequence trains at the paper's size on an 80 GB GPU
 (issue 8) should be answerable before a GPU is at hand, and a user should be able to ask
@@ -214,6 +215,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", help="also write the JSON here (atomically)")
+    p.add_argument("--render", nargs="+", metavar="JSON", help="print saved results as Markdown tables, run nothing")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return p.parse_args(argv)
 
@@ -254,8 +256,36 @@ def run(args: argparse.Namespace) -> dict:
             "device": device.type, "gpu_gib": args.gpu_gib, "headroom": args.headroom, "variants": results}
 
 
+def render_table(doc: dict) -> str:
+    """Markdown: predicted peak (GiB) per length and variant, then the checks."""
+    names = list(doc["variants"])
+    lengths = list(next(iter(doc["variants"].values()))["predicted"])
+    budget = doc["gpu_gib"] * (1 - doc["headroom"])
+    lines = ["| segments | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for n in lengths:
+        cells = []
+        for name in names:
+            gib = doc["variants"][name]["predicted"][n]["peak_gib"]
+            cells.append(f"{gib:,.1f}" + ("" if gib <= budget else " (no)"))
+        lines.append(f"| {int(n):,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("| variant | check (enc+dec blocks, segments) | measured GiB | predicted GiB | error |")
+    lines.append("|---|---|---:|---:|---:|")
+    for name in names:
+        for c in doc["variants"][name]["checks"]:
+            lines.append(f"| {name} | {c['enc_blocks']}+{c['dec_blocks']}, {c['segments']:,} | "
+                         f"{c['measured_gib']:.2f} | {c['predicted_gib']:.2f} | {c['rel_error']:+.1%} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        import json
+        from pathlib import Path
+
+        print("\n\n".join(render_table(json.loads(Path(f).read_text())) for f in args.render))
+        return 0
     emit(run(args), args.out)
     return 0
 
