@@ -8,7 +8,8 @@ of half the videos to predict each segment's step type on the other half.
     python tools/synth_bench.py --videos 12 --fps 2 --size 96
 
 Prints one JSON object: hardware, config, seconds per video-minute (generate vs decode,
-wall and CPU) and held-out step-type accuracy (chance = 1 / number of types seen).
+wall and CPU), held-out step-type accuracy (chance = 1 / number of types seen) and
+held-out accuracy of the scene state of filler segments (what the order task needs).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
 
     from lvmae.config import SynthConfig
     from lvmae.synth import generate, plan_dataset, video_path
+    from lvmae.synth.plan import NUM_SPECIAL
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +91,11 @@ def main() -> None:
     x_tr, y_tr = np.concatenate(feats[:half]), np.concatenate(types[:half])
     x_te, y_te = np.concatenate(feats[half:]), np.concatenate(types[half:])
     clf = LogisticRegression(max_iter=2000).fit(x_tr, y_tr)
+    # The order task shows in the scene state of filler segments (a coloured frame): is it visible?
+    states = [p.segment_states() for p in plans]
+    fill_tr, fill_te = (np.concatenate(types[sl]) >= NUM_SPECIAL for sl in (slice(None, half), slice(half, None)))
+    s_tr, s_te = np.concatenate(states[:half])[fill_tr], np.concatenate(states[half:])[fill_te]
+    state_clf = LogisticRegression(max_iter=2000).fit(x_tr[fill_tr], s_tr)
     n_frames = sum(len(c) for c in clips) * a.frames
     print(json.dumps({
         "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -102,6 +109,8 @@ def main() -> None:
         "encoder_ms_per_frame": round(1000 * enc_wall / n_frames, 2),
         "step_type_accuracy_heldout_videos": round(float(clf.score(x_te, y_te)), 4),
         "step_type_chance": round(1 / len(np.unique(y_tr)), 4),
+        "filler_scene_state_accuracy_heldout_videos": round(float(state_clf.score(x_te[fill_te], s_te)), 4),
+        "filler_scene_state_majority": round(float(np.bincount(s_te).max() / len(s_te)), 4),
     }, indent=2))
 
 
