@@ -122,7 +122,8 @@ class DataConfig:
 class OptimConfig:
     """AdamW with per-step warmup + cosine; LR scaled by global batch / 256."""
 
-    base_lr: float = 1.5e-4
+    base_lr: float = 1.5e-4  # peak LR = base_lr x global batch / 256 (linear scaling, MAE) ...
+    lr: float | None = None  # ... unless this absolute peak LR is set
     min_lr: float = 0.0
     warmup_steps: int = 100
     weight_decay: float = 0.05
@@ -285,6 +286,7 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(t.steps >= 1 and t.save_every >= 1 and t.log_every >= 1 and t.keep_last >= 1,
            "train.steps, train.save_every, train.log_every and train.keep_last must be >= 1")
     _check(cfg.optim.warmup_steps >= 0 and cfg.optim.base_lr > 0, "optim.base_lr must be > 0, optim.warmup_steps >= 0")
+    _check(cfg.optim.lr is None or cfg.optim.lr > 0, f"optim.lr must be > 0 or null, got {cfg.optim.lr}")
 
 
 def load_config(

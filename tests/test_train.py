@@ -259,3 +259,16 @@ def test_resume_refuses_another_model(store, tmp_path):
     pretrain(tiny(store, out, "train.steps=2", "train.export=false", "train.plot=false"))
     with pytest.raises(ConfigError, match="model.depth was 1, now 2"):
         pretrain(tiny(store, out, "train.steps=4", "model.depth=2", "train.resume=true"))
+
+
+def test_effective_lr_is_logged_and_an_absolute_lr_overrides_scaling(store, tmp_path, caplog):
+    caplog.set_level("INFO", logger="lvmae.train")
+    s = pretrain(tiny(store, tmp_path / "scaled", "train.steps=2", "train.export=false", "train.plot=false"))
+    assert s["peak_lr"] == pytest.approx(0.128 * 4 / 256)
+    assert "peak LR 2.00e-03 = optim.base_lr 0.128 x global batch 4 / 256" in caplog.text
+    s = pretrain(tiny(store, tmp_path / "abs", "train.steps=2", "train.export=false", "train.plot=false",
+                      "optim.lr=0.01"))
+    assert s["peak_lr"] == 0.01 and "peak LR 1.00e-02 = optim.lr" in caplog.text
+    assert read_metrics(tmp_path / "abs" / "metrics.jsonl")[-1]["train/lr"] == pytest.approx(0.01)  # warmup end
+    with pytest.raises(ConfigError, match="optim.lr"):
+        tiny(store, tmp_path / "bad", "optim.lr=0")

@@ -34,12 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import logging
     import os
 
     from lvmae.train import pretrain
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = config_from_args(args, ["train.resume=true"] if args.resume else [])
     summary = pretrain(cfg)
     if int(os.environ.get("RANK", "0")) == 0:

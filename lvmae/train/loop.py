@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import random
 import time
@@ -29,7 +30,9 @@ from lvmae.train.checkpoint import Checkpointer
 from lvmae.train.engine import DistInfo, Engine, build_engine, setup_distributed
 from lvmae.train.export import write_export
 from lvmae.train.metrics import MetricsLogger, plot_curves, read_metrics, retrieval_hits
-from lvmae.train.schedule import lr_at, peak_lr
+from lvmae.train.schedule import lr_at, resolve_peak_lr
+
+log = logging.getLogger("lvmae.train")
 
 
 class NonFiniteLossError(LvmaeError):
@@ -87,7 +90,12 @@ def _setup(cfg: Config) -> _Run:
     model = build_model(cfg)
     seed_everything(cfg.run.seed + dist.rank)
     engine = build_engine(model, cfg, dist)
-    run = _Run(cfg, dist, run_dir, stream, engine, ckpt, peak_lr(cfg.optim.base_lr, engine.global_batch))
+    peak, rule = resolve_peak_lr(cfg.optim.base_lr, cfg.optim.lr, engine.global_batch)
+    run = _Run(cfg, dist, run_dir, stream, engine, ckpt, peak)
+    if dist.is_main:
+        log.info("pretrain: global batch %d (micro %d x accum %d x %d ranks), peak LR %.2e = %s; "
+                 "warmup %d of %d steps, cosine to %g", engine.global_batch, engine.micro_batch,
+                 engine.grad_accum, dist.world, peak, rule, cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr)
     ckpt.clean_stale()
     if latest is not None:
         _resume(run, latest)
@@ -308,6 +316,7 @@ def _summary(run: _Run, start: int, last: dict[str, float], export: Path | None)
     return {
         "steps": run.step, "start_step": start, "resumed_from": run.resumed_from,
         "engine": run.engine.name, "world": run.dist.world, "global_batch": run.engine.global_batch,
+        "peak_lr": run.peak,
         "first_loss": recs[0]["train/loss"] if recs else None,
         "final_loss": last.get("train/loss"), "final_metrics": last,
         "checkpoint": str(run.ckpt.latest()) if run.ckpt.latest() else None,

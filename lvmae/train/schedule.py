@@ -14,6 +14,13 @@ def peak_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256
 
 
+def resolve_peak_lr(base_lr: float, lr: float | None, global_batch: int) -> tuple[float, str]:
+    """The peak LR and how it was obtained: ``lr`` if set, else :func:`peak_lr` (for the start-up log)."""
+    if lr is not None:
+        return lr, "optim.lr (absolute, not scaled by the batch)"
+    return peak_lr(base_lr, global_batch), f"optim.base_lr {base_lr:g} x global batch {global_batch} / 256"
+
+
 def lr_at(step: int, peak: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
     """LR for optimizer step ``step`` (0-based): linear warmup to ``peak``, then cosine to ``min_lr``.
 
