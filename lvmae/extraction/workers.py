@@ -1,10 +1,16 @@
-"""Decode workers: videos are decoded in parallel and handed over through a bounded queue.
+"""Decode workers: videos are decoded in parallel and handed over as they are cut.
 
-The encoder (main thread) never waits for a video to finish decoding: each worker puts a
-segment on the queue as soon as it is cut, so batches mix segments of several videos.
-The queue bound (``prefetch_segments``) caps memory. Threads are the default (PyAV
-releases the GIL while FFmpeg decodes); processes isolate FFmpeg crashes: a worker that
-dies takes only its current video with it (recorded as failed) and is replaced.
+The encoder (main thread) never waits for a video to finish decoding: each worker hands on
+a segment as soon as it is cut, so batches mix segments of several videos.
+
+- ``thread`` (default; PyAV releases the GIL while FFmpeg decodes): the workers share a
+  bounded queue (``prefetch_segments``, the memory cap).
+- ``process``: isolates FFmpeg crashes. Each worker has its own pipe to the main process
+  and gets its next video from the main process over it, so a worker that dies (a
+  segfault, the OOM killer) can only break its own pipe, even mid-message: its video is
+  recorded as failed and a fresh worker with a fresh pipe takes over. (A queue shared by
+  all workers would be left locked or holding half a message, hanging the run.) A worker
+  blocks once its pipe is full: memory is about one segment per worker.
 
 Messages: ``("start", job, worker)``, ``("seg", job, Segment)``, ``("end", job, info, error)``
 where ``error`` is None or the reason the video failed.
@@ -15,6 +21,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import threading
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import wait
 from typing import Any
 
 from lvmae.errors import DataError
@@ -34,27 +43,42 @@ def _put(q: Any, item: Any, stop: Any) -> bool:
     return False
 
 
+def decode_one(job: int, path: str, spec: DecodeSpec, wid: int, put: Callable[[tuple], bool]) -> bool:
+    """Decode one video into ``put`` messages; False when ``put`` says to stop."""
+    if not put(("start", job, wid)):
+        return False
+    info: dict[str, Any] = {}
+    error = None
+    try:
+        for seg in iter_segments(path, spec, info):
+            if not put(("seg", job, seg)):
+                return False
+    except DataError as e:
+        error = str(e)
+    except Exception as e:  # a decoder bug or an odd file must not stop the whole run
+        error = f"{type(e).__name__}: {e}"
+    return put(("end", job, info, error))
+
+
 def decode_worker(wid: int, tasks: Any, out: Any, spec: DecodeSpec, stop: Any) -> None:
-    """Take ``(job, path)`` tasks until a None; put every segment, then the video's end."""
+    """Thread worker: take ``(job, path)`` tasks until a None; messages go to the shared ``out``."""
     while not stop.is_set():
         task = tasks.get()
-        if task is None:
+        if task is None or not decode_one(*task, spec, wid, lambda m: _put(out, m, stop)):
             return
-        job, path = task
-        if not _put(out, ("start", job, wid), stop):
-            return
-        info: dict[str, Any] = {}
-        error = None
-        try:
-            for seg in iter_segments(path, spec, info):
-                if not _put(out, ("seg", job, seg), stop):
-                    return
-        except DataError as e:
-            error = str(e)
-        except Exception as e:  # a decoder bug or an odd file must not stop the whole run
-            error = f"{type(e).__name__}: {e}"
-        if not _put(out, ("end", job, info, error), stop):
-            return
+
+
+def process_worker(wid: int, conn: Any, spec: DecodeSpec) -> None:
+    """Process worker: ``(job, path)`` tasks and messages both go over its own pipe ``conn``."""
+    def send(msg: tuple) -> bool:
+        conn.send(msg)
+        return True
+
+    try:
+        while (task := conn.recv()) is not None:
+            decode_one(*task, spec, wid, send)
+    except (EOFError, OSError):
+        pass  # the main process closed the pipe: stop
 
 
 class DecodePool:
@@ -64,63 +88,108 @@ class DecodePool:
                  backend: str = "thread", prefetch: int = 64):
         self.spec, self.backend = spec, backend
         n = max(1, min(workers, len(jobs)))
-        if backend == "process":
-            self._ctx: Any = mp.get_context("spawn")
-            self.tasks, self.out, self.stop = self._ctx.Queue(), self._ctx.Queue(prefetch), self._ctx.Event()
-        else:
-            self.tasks, self.out, self.stop = queue.Queue(), queue.Queue(prefetch), threading.Event()
-        for job in jobs:
-            self.tasks.put(job)
-        for _ in range(n):
-            self.tasks.put(None)
         self.workers: dict[int, Any] = {}
         self.current: dict[int, int] = {}  # worker id -> job being decoded
+        if backend == "process":
+            self._ctx: Any = mp.get_context("spawn")
+            self.pending, self.conns, self.ready = deque(jobs), {}, deque()
+        else:
+            self.tasks, self.out, self.stop = queue.Queue(), queue.Queue(prefetch), threading.Event()
+            for job in jobs:
+                self.tasks.put(job)
+            for _ in range(n):
+                self.tasks.put(None)
         for wid in range(n):
             self._spawn(wid)
 
     def _spawn(self, wid: int) -> None:
-        args = (wid, self.tasks, self.out, self.spec, self.stop)
         if self.backend == "process":
-            w = self._ctx.Process(target=decode_worker, args=args, daemon=True, name=f"lvmae-decode-{wid}")
-        else:
-            w = threading.Thread(target=decode_worker, args=args, daemon=True, name=f"lvmae-decode-{wid}")
+            mine, theirs = self._ctx.Pipe()
+            w = self._ctx.Process(target=process_worker, args=(wid, theirs, self.spec), daemon=True,
+                                  name=f"lvmae-decode-{wid}")
+            w.start()
+            theirs.close()  # only the worker holds its end: its death is EOF here
+            self.conns[wid] = mine
+            self.workers[wid] = w
+            self._next(wid)
+            return
+        w = threading.Thread(target=decode_worker, args=(wid, self.tasks, self.out, self.spec, self.stop),
+                             daemon=True, name=f"lvmae-decode-{wid}")
         w.start()
         self.workers[wid] = w
 
+    def _next(self, wid: int) -> None:
+        """Give process worker ``wid`` its next video (None: no more, it exits)."""
+        task = self.pending.popleft() if self.pending else None
+        try:
+            self.conns[wid].send(task)
+        except OSError:
+            if task is not None:
+                self.pending.appendleft(task)  # it died meanwhile: reap() replaces it
+            return
+        if task is not None:
+            self.current[wid] = task[0]
+
     def get(self, timeout: float) -> tuple:
         """Next message (raises ``queue.Empty`` after ``timeout`` s)."""
-        msg = self.out.get(timeout=timeout)
-        if msg[0] == "start":
-            self.current[msg[2]] = msg[1]
-        elif msg[0] == "end":
-            self.current = {w: j for w, j in self.current.items() if j != msg[1]}
-        return msg
+        if self.backend != "process":
+            msg = self.out.get(timeout=timeout)
+            if msg[0] == "start":
+                self.current[msg[2]] = msg[1]
+            elif msg[0] == "end":
+                self.current = {w: j for w, j in self.current.items() if j != msg[1]}
+            return msg
+        if not self.ready:
+            by_conn = {c: wid for wid, c in self.conns.items()}
+            for conn in wait(list(by_conn), timeout):
+                self._receive(by_conn[conn])
+        if not self.ready:
+            raise queue.Empty
+        return self.ready.popleft()
+
+    def _receive(self, wid: int) -> None:
+        try:
+            msg = self.conns[wid].recv()
+        except (EOFError, OSError):
+            self.conns.pop(wid).close()  # the worker died (reap() reports and replaces it)
+            return
+        self.ready.append(msg)
+        if msg[0] == "end":
+            self.current.pop(wid, None)
+            self._next(wid)
 
     def reap(self) -> list[tuple[int, str]]:
         """``[(job, reason)]`` for videos whose worker process died; replaces those workers."""
-        dead = []
+        dead: list[tuple[int, str]] = []
         if self.backend != "process":
             return dead
         for wid, w in list(self.workers.items()):
-            if w.is_alive() or w.exitcode == 0:
+            if w.is_alive() or (w.exitcode == 0 and wid not in self.current):
                 continue
+            w.join(timeout=1.0)
+            if w.is_alive():
+                continue
+            conn = self.conns.pop(wid, None)
+            if conn is not None:
+                conn.close()
             job = self.current.pop(wid, None)
             if job is not None:
                 dead.append((job, f"decoder process died (exit code {w.exitcode})"))
-            self._spawn(wid)  # its stop marker is still queued: the new worker takes it
+            del self.workers[wid]
+            if self.pending:
+                self._spawn(wid)
         return dead
 
     def alive(self) -> bool:
         return any(w.is_alive() for w in self.workers.values())
 
     def close(self) -> None:
-        """Stop the workers and free the queues (also on errors and Ctrl-C)."""
-        self.stop.set()
+        """Stop the workers (also on errors and Ctrl-C)."""
+        if self.backend != "process":
+            self.stop.set()
+        for conn in getattr(self, "conns", {}).values():
+            conn.close()  # a worker blocked on its pipe gets an error and exits
         for w in self.workers.values():
             w.join(timeout=2.0)
             if self.backend == "process" and w.is_alive():
                 w.terminate()
-        if self.backend == "process":
-            for q in (self.tasks, self.out):
-                q.cancel_join_thread()
-                q.close()
