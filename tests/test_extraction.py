@@ -2,6 +2,7 @@
 
 import math
 
+import av
 import numpy as np
 import pytest
 from videos import (
@@ -10,6 +11,7 @@ from videos import (
     make_corrupt,
     make_empty,
     make_mkv_with_subtitles,
+    make_vfr,
     make_video,
     truncate,
     write_srt,
@@ -19,7 +21,7 @@ from lvmae.errors import DataError
 from lvmae.extraction.inputs import collect_videos
 from lvmae.extraction.segments import iter_segments
 from lvmae.extraction.subtitles import Cue, text_in
-from lvmae.extraction.video import DecodeSpec, sample_times, segment_windows
+from lvmae.extraction.video import DecodeSpec, sample_times, segment_windows, to_rgb
 
 FPS = 4
 
@@ -79,6 +81,24 @@ def test_segments_times_and_frames(vids, kind):
         else:
             assert s.audio.dtype == np.float32 and len(s.audio) == round((s.end - s.start) * 16000)
 
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_variable_frame_rate_samples_the_frame_on_screen(tmp_path, ext):
+    """Bursts, a 3-s still, irregular gaps: the sampled frame is the last one shown at or before t."""
+    gaps = np.random.default_rng(0).choice([0.04, 0.1, 0.5, 3.0], 40, p=[0.5, 0.3, 0.15, 0.05])
+    times = np.cumsum(np.r_[0.0, gaps])
+    times = times[times < 12.0]
+    path = make_vfr(tmp_path / f"vfr.{ext}", times.tolist())
+    with av.open(str(path)) as c:
+        decoded = [to_rgb(f, 32) for f in c.decode(video=0)]  # frame i, as the extractor converts it
+    segs = list(iter_segments(path, DecodeSpec(frames=4, image_size=32, sample_rate=None)))
+    assert len(segs) == 2 and len(decoded) == len(times)
+    for s in segs:
+        shown = np.searchsorted(times, sample_times(s.start, s.end, 4) + 1e-9, side="right") - 1
+        np.testing.assert_allclose(s.frame_times, times[shown], atol=1e-3)
+        for got, i in zip(s.frames, shown):
+            np.testing.assert_array_equal(got, decoded[i])
 
 def test_overlapping_stride_and_frame_count(vids):
     spec = DecodeSpec(seconds=4, stride=2, frames=3, image_size=16, sample_rate=None, min_last_fraction=0.5)

@@ -101,6 +101,23 @@ def make_video(path: str | Path, seconds: float = 12.0, fps: int = 4, size: int 
     return path
 
 
+
+def make_vfr(path: str | Path, times: list[float], size: int = 64) -> Path:
+    """A variable-frame-rate video (mkv/mp4): frame ``i`` (see :func:`frame_rgb`) shown from ``times[i]``."""
+    path = Path(path)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=1000)
+        v.width = v.height = size
+        v.pix_fmt, v.time_base, v.options = "yuv420p", Fraction(1, 1000), {"qp": "0"}
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(frame_rgb(i, size), format="rgb24")
+            frame.pts, frame.time_base = int(round(t * 1000)), Fraction(1, 1000)
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+    return path
+
 def make_audio_only(path: str | Path, seconds: float = 6.0) -> Path:
     path = Path(path)
     with av.open(str(path), "w") as c:
