@@ -69,6 +69,19 @@ def test_torch_module_hook_frame_and_clip_level():
     assert clip_enc.dim == 3 and clip_enc.encode(clips(s=8)).shape == (2, 3)
 
 
+
+def test_reduced_precision_is_part_of_the_identity_where_it_applies():
+    """bf16/fp16 autocast (CUDA only) changes the features: stores must not mix them with fp32 ones."""
+    from lvmae.encoders.torch_module import TorchEncoder
+
+    ids = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        enc = TorchEncoder("t", _tiny_cnn(), image_size=8, precision=precision, version="v", dim=4)
+        assert describe(enc) == describe(TorchEncoder("t", _tiny_cnn(), image_size=8, version="v", dim=4))  # CPU: fp32
+        enc.device = torch.device("cuda")  # identity only; nothing runs
+        ids[precision] = json.dumps(describe(enc), sort_keys=True)
+    assert len(set(ids.values())) == 3
+
 def test_fingerprint_tracks_weights():
     a, b = _tiny_cnn(0), _tiny_cnn(0)
     assert fingerprint_module(a) == fingerprint_module(b)

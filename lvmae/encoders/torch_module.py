@@ -112,14 +112,26 @@ class TorchEncoder:
         self.dim = int(dim) if dim is not None else self._probe_dim()
 
     def input_spec(self) -> dict[str, Any]:
+        """What the decoder must produce, plus what else shapes the output (it is hashed into the
+        store: pooling, and the autocast precision where it applies, i.e. on CUDA)."""
+        spec: dict[str, Any] = {}
         if self.modality == "vision":
             spec = {"image_size": self.image_size, "resize": self.resize, "frame_level": self.frame_level}
             if self.frames:
                 spec["frames"] = self.frames
-            return {**spec, "pooling": self.pooling} if self.frame_level else spec
-        if self.modality == "audio":
-            return {"sample_rate": self.sample_rate}
-        return {}
+            if self.frame_level:
+                spec["pooling"] = self.pooling
+        elif self.modality == "audio":
+            spec = {"sample_rate": self.sample_rate}
+        if self._amp_dtype() is not None:
+            spec["precision"] = self.precision
+        return spec
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        """Autocast dtype: only on CUDA (CPU always runs fp32)."""
+        if self.device.type != "cuda":
+            return None
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
     @torch.inference_mode()
     def encode(self, batch: Any) -> Tensor:
@@ -137,9 +149,8 @@ class TorchEncoder:
         return self._forward(_to_device(self.preprocess(list(batch)), self.device)).float().cpu()
 
     def _forward(self, x: Any) -> Tensor:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        amp = (torch.autocast(self.device.type, dtype=dtype)
-               if dtype is not None and self.device.type == "cuda" else contextlib.nullcontext())
+        dtype = self._amp_dtype()
+        amp = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with amp:
             out = self.module(**x) if isinstance(x, dict) else self.module(x)
         return self.output(out)
