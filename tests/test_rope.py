@@ -118,22 +118,3 @@ def test_sincos_matches_mae_formula():
             assert float(table[p, i]) == pytest.approx(math.sin(p * w), abs=1e-6)
             assert float(table[p, 4 + i]) == pytest.approx(math.cos(p * w), abs=1e-6)
     torch.testing.assert_close(sincos_embedding(torch.tensor([[2.0, 5.0]]), 8)[0], table[[2, 5]])
-
-
-def test_rotary_gradient_is_the_inverse_rotation_and_keeps_no_activation_copy():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 3, 8, dtype=torch.float64, generator=g, requires_grad=True)
-    angles = torch.randn(2, 5, 1, 4, dtype=torch.float64, generator=g) * 10
-    cos, sin = angles.cos(), angles.sin()
-    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin), (x,))
-    # a learnable angle falls back to plain autograd and still gets its gradient
-    a = angles.clone().requires_grad_()
-    apply_rotary(x, a.cos(), a.sin()).sum().backward()
-    assert a.grad is not None and a.grad.abs().sum() > 0
-
-    saved = []
-    q = torch.randn(2, 64, 4, 16, requires_grad=True).to(torch.bfloat16)
-    cos32, sin32 = rotary_cos_sin(torch.arange(64.0).view(1, 64, 1, 1), rope_frequencies(16)[None])
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        apply_rotary(q, cos32, sin32)
-    assert saved and all(t.numel() <= cos32.numel() for t in saved)  # cos/sin only, no copy of q

@@ -89,36 +89,13 @@ def rotary_cos_sin(positions: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
     return angles.cos(), angles.sin()
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    pairs = (x.float() if x.element_size() < 4 else x).unflatten(-1, (-1, 2))
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs of ``x [..., D]`` by angles with ``cos/sin [..., D/2]``
+    (broadcast against ``x``'s leading dims); computed in float32, returned in ``x.dtype``."""
+    pairs = x.float().unflatten(-1, (-1, 2))
     x0, x1 = pairs[..., 0], pairs[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
-
-
-class _Rotate(torch.autograd.Function):
-    """A rotation's gradient is the inverse rotation, so backward needs only cos/sin
-    (shared by every block) instead of the float32 copies of q and k that autograd would
-    keep: about 8 bytes per token-channel per block less activation memory."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, -sin), None, None
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent channel pairs of ``x [..., D]`` by angles with ``cos/sin [..., D/2]``
-    (broadcast against ``x``'s leading dims); computed in float32 (or float64), returned in
-    ``x.dtype``."""
-    if cos.requires_grad or sin.requires_grad:  # learnable angles: let autograd differentiate them
-        return _rotate(x, cos, sin)
-    return _Rotate.apply(x, cos, sin)
 
 
 def time_positions(index: Tensor, scale: Tensor) -> Tensor:
