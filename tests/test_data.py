@@ -176,3 +176,18 @@ def test_worker_processes_give_the_same_batches(store):
         a, b = next(main_proc), next(workers)
         assert a["video_ids"] == b["video_ids"] and torch.equal(a["x"], b["x"])
         assert torch.equal(a["masks"].ids_keep, b["masks"].ids_keep) and torch.equal(a["scale"], b["scale"])
+
+
+def test_stream_leaves_the_global_rng_alone(store):
+    """A resumed run re-creates the loader's iterator mid-epoch; were a seed drawn from the global
+    RNG each time, dropout after a resume would differ from an unbroken run."""
+    cfg = DataConfig(stores=[str(store.root)], min_len=2, max_len=12)
+    stream = build_stream(cfg, MaskingConfig(), [1.0], micro_batch=3, seed=5)
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    for _ in range(4):  # crosses an epoch boundary (a new iterator)
+        next(stream)
+    stream.load_state_dict({"epoch": 1, "position": 2})  # a resume
+    next(stream)
+    assert torch.equal(torch.rand(3), want)

@@ -62,7 +62,9 @@ def build_stream(
     """Dataset + bucketed sampler + masking collate for one rank, as a :class:`DataStream`.
 
     Workers persist across epochs: the sampler runs in the main process, so a new
-    epoch (or a resumed position) only changes which crops are sent to them.
+    epoch (or a resumed position) only changes which crops are sent to them. The
+    loader has its own generator, so creating an iterator (each epoch, and once more
+    after a resume) never advances the global RNG that dropout draws from.
     """
     ds = CropDataset(data.stores, data.modalities, data.min_len, data.max_len, data.short_policy)
     sampler = CropBatchSampler(
@@ -72,6 +74,7 @@ def build_stream(
     loader = torch.utils.data.DataLoader(
         ds, batch_sampler=sampler, collate_fn=MaskCollate(masking, train_scales),
         num_workers=data.num_workers, persistent_workers=data.num_workers > 0, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),  # each new iterator draws a seed: not from the global RNG
     )
     return DataStream(loader, sampler)
 
