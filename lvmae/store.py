@@ -89,8 +89,7 @@ class FeatureStore:
         return cls(root, full)
 
     def refresh(self) -> None:
-        """Re-read every manifest part; a video's latest record wins (by time, across parts,
-        so a retry written by another shard layout replaces an older failure)."""
+        """Re-read every manifest part and merge them (see :func:`_wins` for duplicates)."""
         self._records = {}
         for part in sorted((self.root / "manifest").glob("*.jsonl")):
             with open(part, encoding="utf-8") as f:
@@ -99,9 +98,12 @@ class FeatureStore:
                         rec = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a torn last line from a killed writer
-                    old = self._records.get(rec["video_id"])
-                    if old is None or rec.get("time", 0.0) >= old.get("time", 0.0):
-                        self._records[rec["video_id"]] = rec
+                    self._merge(rec)
+
+    def _merge(self, rec: dict[str, Any]) -> None:
+        old = self._records.get(rec["video_id"])
+        if old is None or _wins(rec, old):
+            self._records[rec["video_id"]] = rec
 
     # ---- reading -------------------------------------------------------
     @property
@@ -215,7 +217,16 @@ class StoreWriter:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-        self.store._records[rec["video_id"]] = rec
+        self.store._merge(rec)
+
+
+def _wins(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Which of two records of one video counts: an ok one over a failure (a failure from a
+    concurrent run or another shard layout must not hide features that exist), else the newer
+    (by time, across parts: a retry replaces an older failure, a re-extraction older features)."""
+    if (new["status"] == OK) != (old["status"] == OK):
+        return new["status"] == OK
+    return new.get("time", 0.0) >= old.get("time", 0.0)
 
 
 def _save_npy(path: str, data: np.ndarray) -> None:

@@ -112,3 +112,18 @@ def test_write_needs_every_modality(tmp_path):
         with pytest.raises(DataError, match="missing (vision, )?audio"):
             s.writer().write("a", arrays)
     assert "a" not in FeatureStore.open(tmp_path / "s")
+
+
+def test_merge_of_shards_with_duplicates(tmp_path):
+    """The same video recorded by several writers (shard layouts changed, concurrent runs): the newest
+    ok record wins; a later failure never hides features that exist."""
+    s = FeatureStore.create(tmp_path / "s", META)
+    s.writer(0, 3).fail("a", "first try")
+    s.writer(1, 3).write("a", rows(2))
+    s.writer(2, 3).write("b", rows(2))
+    s.writer(0, 2).fail("b", "transient read error")  # another layout, later
+    s.writer(1, 2).write("c", rows(1))
+    s.writer(0, 1).write("c", rows(3))  # re-extracted later: the newest ok wins
+    merged = FeatureStore.open(tmp_path / "s")
+    assert merged.video_ids == ["a", "b", "c"] and merged.failed == {}
+    assert merged.num_segments("c") == 3 and merged.load("c").shape == (3, 4)
