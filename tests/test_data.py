@@ -134,6 +134,8 @@ def test_weights_mix_stores(tmp_path):
     plan = CropBatchSampler(ds, 4, seed=0, weights=[1.0, 3.0]).global_plan(0)
     sources = np.array([c.source for batch in plan for c in batch])
     assert abs((sources == 1).mean() - 0.75) < 0.1  # 5 videos repeated to 3/4 of the epoch
+    off = CropBatchSampler(ds, 4, seed=0, weights=[1.0, 0.0]).global_plan(0)  # a store switched off
+    assert {c.source for batch in off for c in batch} == {0} and len(off) == 25 // 4
 
 
 def test_pad_and_collate(store):

@@ -33,7 +33,7 @@ def store_counts(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray:
 def _repeat_permutation(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
     """``count`` indices in ``[0, n)``: whole shuffled passes, then part of one more."""
     reps = -(-count // n)
-    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count]
+    return np.concatenate([np.zeros(0, np.int64), *(rng.permutation(n) for _ in range(reps))])[:count]
 
 
 class CropBatchSampler:
