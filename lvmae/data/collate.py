@@ -20,9 +20,10 @@ from lvmae.config import MaskingConfig
 def pad_batch(seqs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """``[len_i, D]`` arrays -> ``x [B, L, D]`` float32 (zeros at padding), ``valid [B, L]`` bool."""
     lengths = torch.tensor([len(s) for s in seqs])
-    x = torch.zeros(len(seqs), int(lengths.max()), seqs[0].shape[1])
+    x = torch.empty(len(seqs), int(lengths.max()), seqs[0].shape[1])  # zero only the padding below
     for i, s in enumerate(seqs):
         x[i, : len(s)] = torch.from_numpy(s)
+        x[i, len(s) :] = 0
     valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
     return x, valid
 
