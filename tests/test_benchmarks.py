@@ -249,11 +249,11 @@ def test_missing_features_are_reported_and_the_rest_goes_on(tmp_path):
 
 
 def test_stem_and_path_ids_match(tmp_path):
-    labels = _generic_labels(tmp_path, n_train=2, n_val=1, n_test=1)
-    tasks, report = match_to_store(labels, ["videos/v0.mp4", "v1", "x/v2.webm", "v3.MKV"])
-    assert tasks["t"].splits["train"].store_ids == ["videos/v0.mp4", "v1"]
+    labels = _generic_labels(tmp_path, n_train=3, n_val=1, n_test=1)
+    tasks, report = match_to_store(labels, ["videos/v0.mp4", "v1", "v2", "x/v3.webm", "v4.MKV"])
+    assert tasks["t"].splits["train"].store_ids == ["videos/v0.mp4", "v1", "v2"]
     assert not report.missing["t"]
-    _, report = match_to_store(labels, ["a/v0.mp4", "b/v0.mp4", "v1", "v2", "v3"])
+    _, report = match_to_store(labels, ["a/v0.mp4", "b/v0.mp4", "v1", "v2", "v3", "v4"])
     assert report.ambiguous["t"] == ["train:v0"]
 
 
@@ -275,3 +275,45 @@ def test_val_is_carved_reproducibly_when_absent(tmp_path):
     assert carve_val(["a", "b"], 0.01, "s").sum() == 1
     with pytest.raises(DataError, match="carve"):
         carve_val(["a"], 0.5, "s")
+
+
+def test_classes_absent_from_train_are_counted(tmp_path):
+    rows = [{"video_id": f"v{i}", "split": s, "task": "t", "label": c}
+            for i, (s, c) in enumerate([("train", 0), ("train", 1), ("train", 0), ("val", 2), ("val", 1),
+                                        ("test", 2), ("test", 2), ("test", 0), ("test", 3)])]
+    _write_generic(tmp_path / "l.csv", rows)
+    labels = load_labels("generic", tmp_path / "l.csv")
+    tasks, report = match_to_store(labels, [f"v{i}" for i in range(9)])
+    assert tasks["t"].spec.num_classes == 4
+    assert report.unseen == {"t": {"val": 1, "test": 3}}
+    assert "(classes absent from train: val 1, test 3 videos)" in report.summary()[0]
+
+
+def test_one_class_in_train_is_an_error(tmp_path):
+    rows = [{"video_id": f"v{i}", "split": s, "task": "t", "label": c}
+            for i, (s, c) in enumerate([("train", 1), ("train", 1), ("val", 1), ("test", 0)])]
+    _write_generic(tmp_path / "l.csv", rows)
+    with pytest.raises(DataError, match="t: every train video with features has class 1"):
+        match_to_store(load_labels("generic", tmp_path / "l.csv"), [f"v{i}" for i in range(4)])
+
+
+def test_a_video_labelled_twice_in_a_task_is_an_error(tmp_path):
+    rows = [{"video_id": v, "split": s, "task": "t", "label": c}
+            for v, s, c in [("a", "train", 0), ("b", "train", 1), ("c", "train", 1), ("a", "test", 0)]]
+    _write_generic(tmp_path / "l.csv", rows)
+    with pytest.raises(DataError, match="'a' is labelled 2 times .*train, test"):
+        match_to_store(load_labels("generic", tmp_path / "l.csv"), ["a", "b", "c"])
+    _write_generic(tmp_path / "l.csv", rows[:3] + [{"video_id": "x/c.mp4", "split": "test", "task": "t",
+                                                    "label": 1}])
+    with pytest.raises(DataError, match="'x/c.mp4' is labelled 2 times"):  # two label ids, one store entry
+        match_to_store(load_labels("generic", tmp_path / "l.csv"), ["a", "b", "x/c.mp4"])
+
+
+@pytest.mark.parametrize("row", ["nan 3 yt tt1", "inf 1 yt tt1"])
+def test_lvu_non_finite_target_is_named(tmp_path, row):
+    d = tmp_path / "like_ratio"
+    d.mkdir()
+    for s in ("train", "val", "test"):
+        (d / f"{s}.csv").write_text("like dislike youtube_id imdb_id\n" + (row if s == "val" else "5 1 a tt") + "\n")
+    with pytest.raises(DataError, match="val.csv:2"):
+        lvu.load(tmp_path, ["like_ratio"])

@@ -126,6 +126,7 @@ class MatchReport:
     missing: dict[str, list[str]] = field(default_factory=dict)  # task -> "split:video_id"
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
     carved_val: dict[str, int] = field(default_factory=dict)
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> split -> videos of untrained classes
 
     def summary(self) -> list[str]:
         """One line per task, e.g. ``genre: train 2900/3063 val 560/597 test 610/647 (256 without features)``."""
@@ -139,12 +140,15 @@ class MatchReport:
                 extra += f" ({len(self.ambiguous[task])} ambiguous ids)"
             if task in self.carved_val:
                 extra += f" (val: {self.carved_val[task]} carved from train)"
+            if self.unseen.get(task):
+                counts = ", ".join(f"{s} {n}" for s, n in self.unseen[task].items())
+                extra += f" (classes absent from train: {counts} videos)"
             lines.append(f"{task}: {parts}{extra}")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {"labelled": self.labelled, "matched": self.matched, "missing": self.missing,
-                "ambiguous": self.ambiguous, "carved_val": self.carved_val}
+                "ambiguous": self.ambiguous, "carved_val": self.carved_val, "unseen": self.unseen}
 
 
 def _index_store(store_ids: Iterable[str], store_keys: Callable[[str], list[str]]) -> dict[str, set[str]]:
@@ -191,6 +195,31 @@ def _labels_array(spec: TaskSpec, recs: list[LabelRecord]) -> np.ndarray:
     return np.asarray([r.target for r in recs], dtype=np.float32)
 
 
+def _check_unique(task: str, kept: dict[str, tuple[list[str], list[LabelRecord]]]) -> None:
+    """A store entry labelled twice in one task (a duplicate row, or the same video in train and test) is an error."""
+    seen: dict[str, list[str]] = {}
+    for split, (ids, _) in kept.items():
+        for sid in ids:
+            seen.setdefault(sid, []).append(split)
+    dup = {sid: splits for sid, splits in seen.items() if len(splits) > 1}
+    if dup:
+        sid, splits = next(iter(dup.items()))
+        raise DataError(f"task {task}: video {sid!r} is labelled {len(splits)} times ({', '.join(splits)}); "
+                        f"{len(dup)} such video(s) in all. Each video needs exactly one label per task")
+
+
+def _check_classes(name: str, splits: dict[str, Split], report: MatchReport) -> None:
+    """Train needs two classes; val/test videos of classes train lacks are counted (they stay, scored as errors)."""
+    train = set(np.unique(splits["train"].y).tolist())
+    if len(train) < 2:
+        raise DataError(f"{name}: every train video with features has class {next(iter(train))}; "
+                        "a classifier needs at least two classes in train")
+    unseen = {s: int((~np.isin(splits[s].y, list(train))).sum()) for s in ("val", "test")}
+    unseen = {s: n for s, n in unseen.items() if n}
+    if unseen:
+        report.unseen[name] = unseen
+
+
 def _match_task(tl: TaskLabels, exact: set[str], index: dict[str, set[str]], report: MatchReport) -> dict[str, Split]:
     name = tl.spec.name
     report.labelled[name] = tl.counts()
@@ -204,6 +233,7 @@ def _match_task(tl: TaskLabels, exact: set[str], index: dict[str, set[str]], rep
         kept[rec.split][0].append(sid)
         kept[rec.split][1].append(rec)
     report.matched[name] = {s: len(kept[s][0]) for s in SPLITS}
+    _check_unique(name, kept)
     return {s: Split(ids, _labels_array(tl.spec, recs)) for s, (ids, recs) in kept.items()}
 
 
@@ -215,7 +245,10 @@ def match_to_store(
 ) -> tuple[dict[str, MatchedTask], MatchReport]:
     """Map every task's records to store ids; carve val from train where it is empty.
 
-    Raises :class:`DataError` if a task's train or test split ends with no video.
+    Raises :class:`DataError` if a task's train or test split ends with no video, if
+    a video is labelled twice in one task, or if a classification task's train split
+    holds a single class. Val/test videos of classes absent from train are kept (the
+    official splits are scored as they are) and counted in ``report.unseen``.
     """
     store_ids = list(store_ids)
     exact, index = set(store_ids), _index_store(store_ids, labels.store_keys)
@@ -236,6 +269,8 @@ def match_to_store(
             splits["val"] = Split(list(ids[mask]), tr.y[mask])
             splits["train"] = Split(list(ids[~mask]), tr.y[~mask])
             report.carved_val[name] = int(mask.sum())
+        if tl.spec.kind == CLASSIFICATION:
+            _check_classes(name, splits, report)
         out[name] = MatchedTask(tl.spec, splits, carved)
     return out, report
 

@@ -69,11 +69,15 @@ def _parse_row(task: str, fields: list[str], where: str) -> tuple[str, int | Non
             likes, dislikes = float(fields[0]), float(fields[1])
             if likes + dislikes <= 0 or len(fields) != 4:
                 raise ValueError("needs like_count dislike_count youtube_id imdb_id with likes + dislikes > 0")
-            return yid, None, like_ratio_target(likes, dislikes), info
-        views = float(fields[0])
-        if views <= 0 or len(fields) != 3:
-            raise ValueError("needs view_count youtube_id imdb_id with view_count > 0")
-        return yid, None, view_count_target(views), info
+            target = like_ratio_target(likes, dislikes)
+        else:
+            views = float(fields[0])
+            if views <= 0 or len(fields) != 3:
+                raise ValueError("needs view_count youtube_id imdb_id with view_count > 0")
+            target = view_count_target(views)
+        if not math.isfinite(target):
+            raise ValueError(f"target {target} is not finite")
+        return yid, None, target, info
     except (ValueError, IndexError) as e:
         raise DataError(f"{where}: malformed LVU {task} row {' '.join(fields)!r}: {e}") from None
 
