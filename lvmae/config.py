@@ -172,8 +172,8 @@ class ProbeConfig:
         default_factory=lambda: ["raw_mean_sklearn", "raw_attentive", "lvmae_linear", "lvmae_attentive"]
     )
     pooling: str = "mean"  # mean | cls (linear probe)
-    epochs: int = 30
-    lr: float = 1e-3
+    epochs: int = 100
+    lr: float = 1e-3  # attentive heads (linear heads: linear_lrs)
     weight_decay: float = 0.05
     batch_size: int = 32
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -182,8 +182,11 @@ class ProbeConfig:
     schedule: str = "cosine"  # cosine | constant (after warmup)
     warmup_epochs: float = 1.0
     min_lr: float = 0.0
-    attn_heads: int = 8  # attentive probe; reduced to a divisor of the feature width
+    attn_heads: int = 8  # attentive probe; reduced to a divisor of its width
     attn_queries: int = 1
+    attn_dim: int = 256  # attentive probe width: wider features are projected to it first; 0 = feature width
+    attn_patience: int = 15  # attentive probe: stop after this many epochs without a better val metric; 0 = never
+    linear_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])  # linear heads: best on val; [] = lr
     sklearn_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])  # C; Ridge alpha = 1/(2C)
     val_fraction: float = 0.1  # carved from train where a benchmark has no val split
     scale: float | None = None  # HoPE temporal scale for encoding; None = the model's eval_scale
@@ -272,6 +275,8 @@ def validate(cfg: Config) -> Config:
     _check(cfg.probe.epochs >= 1 and cfg.probe.batch_size >= 2, "probe.epochs must be >= 1 and probe.batch_size >= 2")
     _check(0.0 < cfg.probe.val_fraction < 1.0, "probe.val_fraction must be in (0, 1)")
     _check(bool(cfg.probe.seeds), "probe.seeds must not be empty")
+    _check(cfg.probe.attn_dim >= 0 and cfg.probe.attn_patience >= 0, "probe.attn_dim and probe.attn_patience must be >= 0")
+    _check(all(lr > 0 for lr in [cfg.probe.lr, *cfg.probe.linear_lrs]), "probe.lr and probe.linear_lrs must be > 0")
     return cfg
 
 

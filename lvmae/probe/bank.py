@@ -86,6 +86,13 @@ class SequenceBank:
         return sums / self.lengths[:, None].clamp(min=1).float()
 
 
+def pooled_bank(bank: SequenceBank) -> SequenceBank:
+    """``bank`` with each sequence replaced by its float32 mean: one row per video, ``cls`` kept."""
+    n = len(bank)
+    rows = torch.arange(n, device=bank.flat.device)
+    return SequenceBank(list(bank.ids), bank.mean(), rows, torch.ones_like(rows), bank.cls)
+
+
 def subsample_index(n: int, max_len: int) -> np.ndarray:
     """Positions kept from a sequence of ``n`` segments: all, or ``max_len`` spread uniformly.
 

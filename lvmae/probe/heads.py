@@ -55,22 +55,45 @@ class AttentiveProbe(nn.Module):
     V-JEPA's attentive pooler: ``q <- q + CrossAttn(q, LN(x))`` with the padding as
     key mask, ``q <- q + MLP(LN(q))``, mean over the queries, LayerNorm, Linear.
     ``x [B, L, D]`` -> ``[B, out]``.
+
+    With ``width`` below ``dim`` the tokens are first normalised without affine and
+    projected to ``width`` (one shared ``D x width`` matrix; a LayerNorm affine before
+    a Linear adds nothing the Linear cannot learn), and the pooler runs at ``width``.
+    Only valid tokens are projected, and no gradient flows into the frozen ``x``: on
+    1280-d raw features this is what makes the probe cheap (the full-width pooler spends
+    nearly all its time in ``[B*L, D] x [D, D]`` key/value products and their backward).
     """
 
-    def __init__(self, dim: int, out: int, heads: int = 8, num_queries: int = 1, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, out: int, heads: int = 8, num_queries: int = 1, mlp_ratio: float = 4.0,
+                 width: int | None = None):
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(1, num_queries, dim))
+        width = dim if not width or width >= dim else width
+        self.width = width
+        if width == dim:
+            self.norm_kv: nn.Module = nn.LayerNorm(dim)
+            self.proj: nn.Module | None = None
+        else:
+            self.norm_kv = nn.LayerNorm(dim, elementwise_affine=False)
+            self.proj = nn.Linear(dim, width)
+        self.query = nn.Parameter(torch.zeros(1, num_queries, width))
         nn.init.trunc_normal_(self.query, std=0.02)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, pick_heads(dim, heads), batch_first=True)
-        self.norm_mlp = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.norm_out = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, out)
+        self.attn = nn.MultiheadAttention(width, pick_heads(width, heads), batch_first=True)
+        self.norm_mlp = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.norm_out = nn.LayerNorm(width)
+        self.head = nn.Linear(width, out)
+
+    def keys(self, x: Tensor, valid: Tensor) -> Tensor:
+        """Normalised (and projected) tokens ``[B, L, width]``, zero at padding."""
+        if self.proj is None:
+            return self.norm_kv(x)
+        kv = x.new_zeros(*valid.shape, self.width)
+        kv[valid] = self.proj(self.norm_kv(x[valid]))
+        return kv
 
     def forward(self, x: Tensor, valid: Tensor, cls: Tensor | None = None) -> Tensor:
-        kv = self.norm_kv(x)
+        kv = self.keys(x, valid)
         q = self.query.expand(x.shape[0], -1, -1)
         a, _ = self.attn(q, kv, kv, key_padding_mask=~valid, need_weights=False)
         h = q + a

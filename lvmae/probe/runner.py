@@ -26,7 +26,7 @@ from lvmae.benchmarks import CLASSIFICATION, MatchedTask, load_labels, match_to_
 from lvmae.config import Config, save_config
 from lvmae.errors import ConfigError, DataError
 from lvmae.io import atomic_write_json
-from lvmae.probe.bank import SequenceBank, load_bank
+from lvmae.probe.bank import SequenceBank, load_bank, pooled_bank
 from lvmae.probe.encoder import (
     cache_key,
     cached_encode,
@@ -65,13 +65,18 @@ class _Progress:
 
     def __init__(self, path: Path):
         self.path, self.done = path, {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # torn last line of a killed run
-                self.done[(rec["fingerprint"], rec["key"])] = rec["result"]
+        if not path.is_file():
+            return
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):  # torn last line of a killed run: cut it, or the next record joins it
+            data = data[: data.rfind(b"\n") + 1]
+            os.truncate(path, len(data))
+        for line in data.decode("utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.done[(rec["fingerprint"], rec["key"])] = rec["result"]
 
     def add(self, fingerprint: str, key: str, result: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,31 +94,37 @@ class _Context:
     cfg: Config
     banks: dict[str, SequenceBank]
     device: torch.device
-    pooled: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    pooled: dict[str, SequenceBank] = dataclasses.field(default_factory=dict)
 
-    def mean(self, features: str) -> torch.Tensor:
+    def pooled_bank(self, features: str) -> SequenceBank:
+        """The bank with each video reduced to its mean (one row, ``cls`` kept), computed once.
+
+        Linear heads and scikit-learn only see pooled features, so they train on
+        ``[N, D]`` rows instead of gathering and pooling padded sequences every step.
+        """
         if features not in self.pooled:
-            self.pooled[features] = self.banks[features].mean().cpu()
+            self.pooled[features] = pooled_bank(self.banks[features])
         return self.pooled[features]
 
 
 def _fit(ctx: _Context, task: MatchedTask, method: Method, seed: int) -> FitResult:
     pc, spec = ctx.cfg.probe, task.spec
-    bank = ctx.banks[method.features]
+    bank = ctx.pooled_bank(method.features) if method.head in ("sklearn", "linear") else ctx.banks[method.features]
     rows = {s: bank.rows(sp.store_ids) for s, sp in task.splits.items()}
     y = {s: sp.y for s, sp in task.splits.items()}
     if method.head == "sklearn":
-        pooled = ctx.mean(method.features)
-        return fit_sklearn({s: pooled[r].numpy() for s, r in rows.items()}, y, spec, list(pc.sklearn_grid), seed)
-    torch.manual_seed(seed)
+        pooled = bank.flat.float().cpu()
+        return fit_sklearn({s: pooled[r.cpu()].numpy() for s, r in rows.items()}, y, spec, list(pc.sklearn_grid),
+                           seed)
     out = spec.num_classes if spec.kind == CLASSIFICATION else 1
+    st = TrainSettings(pc.epochs, pc.lr, pc.min_lr, pc.weight_decay, pc.batch_size, pc.warmup_epochs, pc.schedule)
     if method.head == "linear":
         pooling = pc.pooling if bank.cls is not None else "mean"
-        head: nn.Module = LinearProbe(bank.dim, out, pooling)
-    else:
-        head = AttentiveProbe(bank.dim, out, pc.attn_heads, pc.attn_queries)
-    st = TrainSettings(pc.epochs, pc.lr, pc.min_lr, pc.weight_decay, pc.batch_size, pc.warmup_epochs, pc.schedule)
-    return fit_head(head, bank, rows, y, spec, st, seed, ctx.device)
+        return fit_head(lambda: LinearProbe(bank.dim, out, pooling), bank, rows, y, spec, st, seed, ctx.device,
+                        pc.linear_lrs)
+    st.patience = pc.attn_patience
+    return fit_head(lambda: AttentiveProbe(bank.dim, out, pc.attn_heads, pc.attn_queries, width=pc.attn_dim or None),
+                    bank, rows, y, spec, st, seed, ctx.device)
 
 
 def _encoded_bank(cfg: Config, store: FeatureStore, raw: SequenceBank, encoder: nn.Module | None,

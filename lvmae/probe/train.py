@@ -2,15 +2,16 @@
 
 Every fit returns a :class:`FitResult`: the validation and test metric at the
 epoch (or, for scikit-learn, the regularisation value) with the best validation
-metric, the whole history, and the test confusion matrix at that point. Test
-numbers are recorded every epoch and *read* at the best-validation epoch, which
-equals re-loading the best weights and testing them, without keeping copies.
+metric, the validation history, and the test confusion matrix at that point. The
+test split is scored once, with the selected weights: test labels play no part in
+any choice (epoch, early stop, regularisation).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ class TrainSettings:
     batch_size: int = 32
     warmup_epochs: float = 1.0
     schedule: str = "cosine"
+    patience: int = 0  # stop after this many epochs without a better val metric; 0 = run every epoch
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0, schedule: str = "cosine") -> float:
@@ -100,14 +102,39 @@ def predict(head: nn.Module, bank: SequenceBank, rows: Tensor, spec: TaskSpec, b
     return (out.argmax(1) if spec.kind == CLASSIFICATION else out[:, 0]).numpy()
 
 
-def _evaluate(head: nn.Module, bank: SequenceBank, rows: dict[str, Tensor], spec: TaskSpec, batch_size: int,
-              device: torch.device, mu: float, sd: float) -> dict[str, np.ndarray]:
-    """Val and test predictions in the task's units."""
-    out = {s: predict(head, bank, rows[s], spec, batch_size, device) for s in ("val", "test")}
-    return out if spec.kind == CLASSIFICATION else {s: p * sd + mu for s, p in out.items()}
+def _predict_units(head: nn.Module, bank: SequenceBank, rows: Tensor, spec: TaskSpec, batch_size: int,
+                   device: torch.device, mu: float, sd: float) -> np.ndarray:
+    """Predictions ``[N]`` in the task's units (regression outputs un-standardised)."""
+    pred = predict(head, bank, rows, spec, batch_size, device)
+    return pred if spec.kind == CLASSIFICATION else pred * sd + mu
 
 
-def fit_head(
+def _train_epoch(head: nn.Module, bank: SequenceBank, rows: Tensor, y: Tensor, reg: bool, opt: torch.optim.Optimizer,
+                 lrs: list[float], gen: torch.Generator, batch_size: int, device: torch.device) -> float:
+    """One shuffled pass (the ragged last batch dropped: BatchNorm needs >= 2); ``lrs`` per step. Mean loss."""
+    head.train()
+    losses = []
+    for idx, lr in zip(torch.randperm(len(rows), generator=gen)[: len(lrs) * batch_size].view(len(lrs), -1), lrs):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        b = bank.batch(rows[idx], device)
+        out, target = head(b.x, b.valid, b.cls), y[idx].to(device)
+        loss = nn.functional.mse_loss(out[:, 0], target.float()) if reg else nn.functional.cross_entropy(out, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return float(torch.stack(losses).mean())
+
+
+def _target_scale(spec: TaskSpec, y_train: np.ndarray) -> tuple[float, float]:
+    """``(mu, sd)`` standardising regression targets with train statistics; ``(0, 1)`` for classes."""
+    if spec.kind == CLASSIFICATION:
+        return 0.0, 1.0
+    return float(y_train.mean()), float(y_train.std()) or 1.0
+
+
+def train_head(
     head: nn.Module,
     bank: SequenceBank,
     rows: dict[str, Tensor],
@@ -116,11 +143,12 @@ def fit_head(
     st: TrainSettings,
     seed: int,
     device: torch.device,
-) -> FitResult:
-    """Train ``head`` on ``rows['train']`` with AdamW; select the epoch on ``val``.
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Train ``head`` on ``rows['train']`` with AdamW at ``st.lr``; leave it at its best-``val`` weights.
 
-    Regression targets are standardised with train statistics for training and
-    mapped back, so MSE is reported in the task's units.
+    Returns the best epoch's record and the per-epoch history (train loss, val metric).
+    Stops after ``st.patience`` epochs without a better val metric (0: never). The
+    test split is not touched.
     """
     n = len(rows["train"])
     if n < 2:
@@ -128,59 +156,92 @@ def fit_head(
     gen = torch.Generator().manual_seed(seed)
     head = head.to(device)
     reg = spec.kind != CLASSIFICATION
-    mu, sd = (float(y["train"].mean()), float(y["train"].std()) or 1.0) if reg else (0.0, 1.0)
+    mu, sd = _target_scale(spec, y["train"])
     y_train = torch.as_tensor((y["train"] - mu) / sd if reg else y["train"])
     opt = torch.optim.AdamW(_param_groups(head, st.weight_decay), lr=st.lr)
-    per_epoch = max(1, n // st.batch_size)  # the ragged last batch is dropped (BatchNorm needs >= 2)
+    per_epoch = max(1, n // st.batch_size)
     total, warmup = st.epochs * per_epoch, round(st.warmup_epochs * per_epoch)
-    history, best, step = [], None, 0
+    history: list[dict[str, float]] = []
+    best: tuple[dict[str, float], dict[str, Tensor]] | None = None
     for epoch in range(st.epochs):
-        head.train()
-        losses = []
-        for idx in torch.randperm(n, generator=gen)[: per_epoch * st.batch_size].view(per_epoch, -1):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, warmup, st.lr, st.min_lr, st.schedule)
-            b = bank.batch(rows["train"][idx], device)
-            out, target = head(b.x, b.valid, b.cls), y_train[idx].to(device)
-            loss = nn.functional.mse_loss(out[:, 0], target.float()) if reg else nn.functional.cross_entropy(out, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.detach())
-            step += 1
-        preds = _evaluate(head, bank, rows, spec, st.batch_size * 4, device, mu, sd)
-        rec = {"epoch": epoch, "train_loss": float(torch.stack(losses).mean()),
-               "val": score(spec, preds["val"], y["val"]), "test": score(spec, preds["test"], y["test"])}
-        history.append(rec)
+        lrs = [lr_at(epoch * per_epoch + i, total, warmup, st.lr, st.min_lr, st.schedule) for i in range(per_epoch)]
+        loss = _train_epoch(head, bank, rows["train"], y_train, reg, opt, lrs, gen, st.batch_size, device)
+        val = score(spec, _predict_units(head, bank, rows["val"], spec, st.batch_size * 4, device, mu, sd), y["val"])
+        history.append({"epoch": epoch, "train_loss": loss, "val": val})
+        if best is None or better(spec, val, best[0]["val"]):
+            best = (history[-1], {k: v.detach().clone() for k, v in head.state_dict().items()})
+        elif st.patience and epoch - best[0]["epoch"] >= st.patience:
+            break
+    assert best is not None
+    head.load_state_dict(best[1])
+    return best[0], history
+
+
+def fit_head(
+    make_head: Callable[[], nn.Module],
+    bank: SequenceBank,
+    rows: dict[str, Tensor],
+    y: dict[str, np.ndarray],
+    spec: TaskSpec,
+    st: TrainSettings,
+    seed: int,
+    device: torch.device,
+    lrs: Sequence[float] = (),
+) -> FitResult:
+    """Train a fresh ``make_head()`` per learning rate in ``lrs`` (default ``[st.lr]``), keep the
+    one with the best validation metric (ties: the earlier), and test it once.
+
+    Every candidate starts from the same seed. The test split is scored once, with the
+    selected weights, so test labels never influence the epoch, the early stop or the lr.
+    Regression targets are standardised with train statistics for training and
+    mapped back, so MSE is reported in the task's units.
+    """
+    trials: list[list[float]] = []
+    best: tuple[dict[str, float], list[dict[str, float]], nn.Module, float] | None = None
+    for lr in list(lrs) or [st.lr]:
+        torch.manual_seed(seed)
+        head = make_head()
+        rec, history = train_head(head, bank, rows, y, spec, replace(st, lr=lr), seed, device)
+        trials.append([lr, rec["val"]])
         if best is None or better(spec, rec["val"], best[0]["val"]):
-            best = (rec, preds["test"])
-    rec, test_pred = best  # type: ignore[misc]
-    conf = None if reg else confusion(spec.num_classes, test_pred, y["test"])
-    return FitResult(rec["val"], rec["test"], rec["epoch"], history, conf)
+            best = (rec, history, head, lr)
+    assert best is not None
+    rec, history, head, lr = best
+    mu, sd = _target_scale(spec, y["train"])
+    test_pred = _predict_units(head, bank, rows["test"], spec, st.batch_size * 4, device, mu, sd)
+    conf = None if spec.kind != CLASSIFICATION else confusion(spec.num_classes, test_pred, y["test"])
+    return FitResult(rec["val"], score(spec, test_pred, y["test"]), int(rec["epoch"]), history, conf,
+                     {"epochs_run": len(history), "lr": lr, "lr_val": trials})
 
 
 def fit_sklearn(feats: dict[str, np.ndarray], y: dict[str, np.ndarray], spec: TaskSpec, grid: list[float],
                 seed: int) -> FitResult:
     """Standardise pooled features, fit LogisticRegression(C) / Ridge(alpha=1/(2C)) per grid value on
-    train, keep the value with the best validation metric. ``feats[split]`` is ``[N, D]``."""
+    train, keep the value with the best validation metric and test that model once.
+    ``feats[split]`` is ``[N, D]``.
+
+    BLAS is held to one thread: these problems are small (N x D ~ 3000 x 1280), and on a
+    busy machine a multi-threaded BLAS made each LogisticRegression fit ~20x slower.
+    """
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
-    history, best = [], None
-    for i, c in enumerate(grid):
-        if spec.kind == CLASSIFICATION:
-            est = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-        else:
-            est = Ridge(alpha=1.0 / (2.0 * c), random_state=seed)
-        model = make_pipeline(StandardScaler(), est).fit(feats["train"], y["train"])
-        preds = {s: model.predict(feats[s]) for s in ("val", "test")}
-        rec = {"epoch": i, "C": c, "val": score(spec, preds["val"], y["val"]),
-               "test": score(spec, preds["test"], y["test"])}
-        history.append(rec)
-        if best is None or better(spec, rec["val"], best[0]["val"]):
-            best = (rec, preds["test"])
-    assert best is not None
-    rec, test_pred = best
+    history: list[dict[str, float]] = []
+    best: tuple[dict[str, float], Any] | None = None
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i, c in enumerate(grid):
+            if spec.kind == CLASSIFICATION:
+                est = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+            else:
+                est = Ridge(alpha=1.0 / (2.0 * c), random_state=seed)
+            model = make_pipeline(StandardScaler(), est).fit(feats["train"], y["train"])
+            history.append({"epoch": i, "C": c, "val": score(spec, model.predict(feats["val"]), y["val"])})
+            if best is None or better(spec, history[-1]["val"], best[0]["val"]):
+                best = (history[-1], model)
+        assert best is not None
+        rec, model = best
+        test_pred = model.predict(feats["test"])
     conf = confusion(spec.num_classes, test_pred.astype(np.int64), y["test"]) if spec.kind == CLASSIFICATION else None
-    return FitResult(rec["val"], rec["test"], rec["epoch"], history, conf, {"C": rec["C"]})
+    return FitResult(rec["val"], score(spec, test_pred, y["test"]), int(rec["epoch"]), history, conf, {"C": rec["C"]})
