@@ -272,9 +272,23 @@ def test_effective_lr_is_logged_and_an_absolute_lr_overrides_scaling(store, tmp_
     s = pretrain(tiny(store, tmp_path / "scaled", "train.steps=2", "train.export=false", "train.plot=false"))
     assert s["peak_lr"] == pytest.approx(0.128 * 4 / 256)
     assert "peak LR 2.00e-03 = optim.base_lr 0.128 x global batch 4 / 256" in caplog.text
+    assert "optim.warmup_steps (2) >= train.steps (2)" in caplog.text  # a schedule that never decays
     s = pretrain(tiny(store, tmp_path / "abs", "train.steps=2", "train.export=false", "train.plot=false",
                       "optim.lr=0.01"))
     assert s["peak_lr"] == 0.01 and "peak LR 1.00e-02 = optim.lr" in caplog.text
     assert read_metrics(tmp_path / "abs" / "metrics.jsonl")[-1]["train/lr"] == pytest.approx(0.01)  # warmup end
     with pytest.raises(ConfigError, match="optim.lr"):
         tiny(store, tmp_path / "bad", "optim.lr=0")
+
+
+def test_shipped_configs_agree_and_their_schedules_decay():
+    """configs/ and pretrain/ hold the same experiments; a warmup as long as the run never decays."""
+    from lvmae.config import to_yaml
+
+    paper, launch = load_config([ROOT / "configs" / "paper.yaml"]), load_config([ROOT / "pretrain" / "paper.yaml"])
+    assert to_yaml(paper) == to_yaml(launch)
+    tiny_cfg, cpu = load_config([ROOT / "configs" / "tiny.yaml"]), load_config([ROOT / "pretrain" / "tiny_cpu.yaml"])
+    for section in ("model", "masking", "data", "optim", "train"):
+        assert getattr(tiny_cfg, section) == getattr(cpu, section), section
+    for cfg in (paper, tiny_cfg):
+        assert cfg.optim.warmup_steps < cfg.train.steps

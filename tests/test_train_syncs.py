@@ -150,3 +150,26 @@ def test_retrieval_matches_a_per_query_reference():
     got, want = retrieval_topk(pred, target, mask, valid), _retrieval_reference(pred, target, mask, valid)
     assert 0.0 < want["top1"] < want["top5"] < 1.0  # a case with misses at both k
     assert got == pytest.approx(want)
+
+
+def test_data_wait_share_is_logged(store, tmp_path, monkeypatch):
+    """``perf/data_wait_frac``: the share of training wall time spent waiting for the next batch."""
+    import time
+
+    from lvmae.data import DataStream
+    from lvmae.train.metrics import read_metrics
+
+    real = DataStream.__next__
+
+    def slow(self):
+        time.sleep(0.05)
+        return real(self)
+
+    monkeypatch.setattr(DataStream, "__next__", slow)
+    out = tmp_path / "run"
+    pretrain(tiny(store, out, "train.steps=4", "train.log_every=2"))
+    recs = read_metrics(out / "metrics.jsonl")
+    assert len(recs) == 2
+    for r in recs:
+        waited = r["perf/data_wait_frac"] * 2 / r["perf/steps_per_s"]  # seconds over the 2 steps logged
+        assert waited >= 0.1 and r["perf/data_wait_frac"] <= 1.0  # at least the 2 x 50 ms slept

@@ -96,6 +96,9 @@ def _setup(cfg: Config) -> _Run:
         log.info("pretrain: global batch %d (micro %d x accum %d x %d ranks), peak LR %.2e = %s; "
                  "warmup %d of %d steps, cosine to %g", engine.global_batch, engine.micro_batch,
                  engine.grad_accum, dist.world, peak, rule, cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr)
+        if cfg.optim.warmup_steps >= cfg.train.steps:
+            log.warning("optim.warmup_steps (%d) >= train.steps (%d): the LR never decays (nor reaches its peak "
+                        "before the last step)", cfg.optim.warmup_steps, cfg.train.steps)
     ckpt.clean_stale()
     if latest is not None:
         _resume(run, latest)
@@ -146,6 +149,7 @@ class _Step:
     video_ids: list[str]
     values: torch.Tensor  # [5] float32, in VALUES order
     check_norm: bool  # False where an inf norm is expected (fp16 loss scaling skips that step) or unknown
+    data_s: float  # wall time spent waiting for the stream's batches
 
 
 VALUES = ("loss", "grad_norm", "segments", "top1", "top5")
@@ -167,9 +171,11 @@ def _train_step(run: _Run) -> _Step:
     """
     lr = lr_at(run.step, run.peak, run.cfg.train.steps, run.cfg.optim.warmup_steps, run.cfg.optim.min_lr)
     run.engine.set_lr(lr)
-    device, loss, segments, ids = run.engine.device, 0.0, 0.0, []
+    device, loss, segments, ids, data_s = run.engine.device, 0.0, 0.0, [], 0.0
     for _ in range(run.engine.grad_accum):
+        tic = time.perf_counter()
         batch = next(run.stream)
+        data_s += time.perf_counter() - tic
         b = to_device(batch, device, run.engine.input_dtype)
         out = run.engine.forward(b["x"], b["valid"], b["masks"], scale=b["scale"])
         run.engine.backward(out["loss"])
@@ -181,7 +187,7 @@ def _train_step(run: _Run) -> _Step:
     run.step += 1
     values = torch.cat([torch.stack([loss / run.engine.grad_accum, _scalar(norm, device), segments.float()]), hits])
     check_norm = norm is not None and run.engine.precision != "fp16"
-    return _Step(run.step, lr, len(ids), ids, values, check_norm)
+    return _Step(run.step, lr, len(ids), ids, values, check_norm, data_s)
 
 
 def _fetch(run: _Run, window: list[_Step]) -> list[list[float]]:
@@ -232,6 +238,7 @@ def _log_scalars(run: _Run, window: list[_Step], rows: list[list[float]], second
         "perf/segments_per_s": float(v["segments"].sum()) * run.dist.world / seconds,
         "perf/samples_per_s": sum(s.samples for s in window) * run.dist.world / seconds,
         "perf/steps_per_s": len(window) / seconds,
+        "perf/data_wait_frac": sum(s.data_s for s in window) / seconds,
         "train/epoch": float(run.stream.epoch),
     }
     if run.engine.device.type == "cuda":
