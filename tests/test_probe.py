@@ -392,3 +392,17 @@ def test_progress_survives_a_torn_last_line(tmp_path):
     assert set(p.done) == {("fp", "t/m/0")}
     p.add("fp", "t/m/1", {"test": 2.0})
     assert _Progress(path).done == {("fp", "t/m/0"): {"test": 1.0}, ("fp", "t/m/1"): {"test": 2.0}}
+
+
+def test_report_counts_ambiguous_ids_and_untrained_classes(synth):
+    import copy
+
+    from lvmae.probe.report import markdown_table
+
+    _, summary, _ = synth
+    s = copy.deepcopy(summary)
+    s["matching"]["ambiguous"] = {"dominant": ["train:a", "test:b"], "score": []}
+    s["matching"]["unseen"] = {"dominant": {"test": 3}}
+    md = markdown_table(s)
+    assert "2 labelled (task, video) pairs matched several store entries and were left out" in md
+    assert "Classes absent from train (kept, scored as errors): dominant test 3 videos." in md

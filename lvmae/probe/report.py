@@ -51,11 +51,20 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(f"| {task} | {METRIC_LABEL[info['metric']]} | " + " | ".join(cells)
                      + f" | {n['train']}/{n['val']}/{n['test']} |")
     seeds = summary["config"]["probe"]["seeds"]
-    lines += ["", f"Test metric at the best-validation epoch; mean ± sample std over {len(seeds)} seed(s) {seeds}."]
+    lines += ["", f"Test metric at the best-validation epoch (and lr / C); mean ± sample std over {len(seeds)} "
+              f"seed(s) {seeds}."]
     missing = sum(len(v) for v in summary["matching"]["missing"].values())
     if missing:
         lines.append(f"{missing} labelled (task, video) pairs had no features and were left out "
                      "(listed in missing_features.json).")
+    ambiguous = sum(len(v) for v in summary["matching"].get("ambiguous", {}).values())
+    if ambiguous:
+        lines.append(f"{ambiguous} labelled (task, video) pairs matched several store entries and were left out "
+                     "(listed in missing_features.json).")
+    unseen = summary["matching"].get("unseen", {})
+    if unseen:
+        lines.append("Classes absent from train (kept, scored as errors): " + "; ".join(
+            f"{t} " + ", ".join(f"{s} {n}" for s, n in per.items()) for t, per in unseen.items()) + " videos.")
     carved = summary["matching"]["carved_val"]
     if carved:
         lines.append("Validation carved from train: " + ", ".join(f"{t} {n}" for t, n in carved.items()) + ".")

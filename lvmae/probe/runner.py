@@ -171,6 +171,9 @@ def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedTask], Any, st
     tasks, report = match_to_store(labels, usable, pc.val_fraction)
     for line in report.summary():
         log.info("%s/%s", labels.name, line)
+    for task, per in report.unseen.items():
+        log.warning("%s/%s: %s video(s) of classes absent from train; kept and scored (they count as errors)",
+                    labels.name, task, ", ".join(f"{s} {n}" for s, n in per.items()))
     n_missing = sum(len(v) for v in report.missing.values())
     if n_missing:
         log.warning("%d labelled (task, video) pairs have no features in %s; going on without them "
