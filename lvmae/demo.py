@@ -8,7 +8,7 @@ probes it (linear and attentive) beside the raw-feature baselines.
 
 Layout of the output directory::
 
-    config.yaml            the resolved config (a rerun must use the same one)
+    config.yaml            the resolved config (a rerun with other settings redoes the stages they touch)
     synth/ features/ pretrain/ probe/     each stage's own outputs
     stages/<stage>.json    written when a stage finishes: a rerun skips it
     plots/                 pretraining curves (loss, retrieval) and probe accuracy
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lvmae.config import Config, load_config, save_config, to_yaml
+from lvmae.config import Config, load_config, save_config
 from lvmae.errors import ConfigError
 from lvmae.io import atomic_write_json, atomic_write_text
 
@@ -63,6 +64,11 @@ DEMO_OVERRIDES = [
     "probe.lr=1e-2",
 ]
 STAGES = ("synth", "extract", "pretrain", "probe")
+STAGE_SECTIONS = {  # the config sections each stage reads (every section belongs to one)
+    "synth": ("synth",), "extract": ("extract",),
+    "pretrain": ("run", "model", "masking", "data", "optim", "deepspeed", "train"), "probe": ("probe",),
+}
+STAGE_DIRS = {"synth": "synth", "extract": "features", "pretrain": "pretrain", "probe": "probe"}
 
 
 def demo_config(out: str | Path, files: Sequence[str] = (), overrides: Sequence[str] = ()) -> Config:
@@ -133,23 +139,54 @@ def _check_stages(cfg: Config) -> None:
     select_methods(list(cfg.probe.methods), have_encoder=True)
 
 
-def _claim(cfg: Config) -> None:
-    """A demo directory holds one config: refuse another rather than mix stale stages in."""
+def _changed(old: Config, new: Config) -> list[str]:
+    """Config sections that differ (``run.progress`` does not count: it changes no result)."""
+    quiet = [dataclasses.replace(c, run=dataclasses.replace(c.run, progress=True)) for c in (old, new)]
+    return [f.name for f in dataclasses.fields(Config) if getattr(quiet[0], f.name) != getattr(quiet[1], f.name)]
+
+
+def first_changed_stage(old: Config, new: Config) -> str | None:
+    """The earliest stage whose settings differ between two demo configs (None: same results)."""
+    changed = set(_changed(old, new))
+    return next((name for name in STAGES if changed & set(STAGE_SECTIONS[name])), None)
+
+
+def _claim(cfg: Config, log: Callable[[str], None]) -> None:
+    """Save ``cfg`` in the demo dir; stages whose settings changed since the last run are reset first.
+
+    A changed stage and every later one lose their marker and outputs (moved aside, then deleted),
+    so no stale result is mixed in and finished earlier stages are kept.
+    """
     out = Path(cfg.run.out_dir)
     saved = out / "config.yaml"
-    old, new = (saved.read_text(encoding="utf-8") if saved.exists() else None), to_yaml(cfg)
-    if old is not None and old != new:
-        first = next((f"{a.strip()!r} -> {b.strip()!r}" for a, b in zip(old.splitlines(), new.splitlines()) if a != b),
-                     "length differs")
-        raise ConfigError(f"{out} holds a demo run with another config ({saved}: {first}); "
-                          "use another --out, or delete it to start over")
+    if saved.exists():
+        try:
+            old = load_config([saved])
+        except ConfigError:  # written by an lvmae with other config keys: trust none of it
+            old, stage, why = None, STAGES[0], "a config this lvmae cannot read"
+        if old is not None:
+            stage, why = first_changed_stage(old, cfg), f"changed: {', '.join(_changed(old, cfg))}"
+        if stage is not None:
+            _reset(out, STAGES[STAGES.index(stage):])
+            log(f"{saved}: {why}; running {stage} and the stages after it again")
     save_config(cfg, out)
+
+
+def _reset(out: Path, names: Sequence[str]) -> None:
+    for name in names:
+        (out / "stages" / f"{name}.json").unlink(missing_ok=True)
+    for name in names:
+        d = out / STAGE_DIRS[name]
+        if d.exists():
+            trash = d.with_name(f".old-{d.name}-{os.getpid()}")
+            d.rename(trash)  # atomic: a crash leaves no half-deleted stage dir behind
+            shutil.rmtree(trash)
 
 
 def run_demo(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or finish) every stage of the demo in ``cfg.run.out_dir``; returns ``demo.json``'s content."""
     _check_stages(cfg)
-    _claim(cfg)
+    _claim(cfg, log)
     out = Path(cfg.run.out_dir)
     stages: dict[str, dict[str, Any]] = {}
     t_all = time.perf_counter()

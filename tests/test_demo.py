@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 
 from lvmae.cli import main
 from lvmae.config import load_config
-from lvmae.demo import STAGES, demo_config, run_demo
+from lvmae.demo import STAGE_SECTIONS, STAGES, demo_config, first_changed_stage, run_demo
 from lvmae.errors import ConfigError
 
 pytest.importorskip("av")
@@ -50,8 +51,24 @@ def test_scaled_down_demo_end_to_end_then_skips_and_refuses_other_config(tmp_pat
     again = run_demo(demo_config(out, overrides=SMALL), log=lambda s: None)
     assert [n for n, s in again["stages"].items() if not s.get("skipped")] == ["probe"]
 
-    with pytest.raises(ConfigError, match="another config"):
-        run_demo(demo_config(out, overrides=[*SMALL, "train.steps=5"]), log=lambda s: None)
+    logs.clear()  # changed pretraining settings: pretrain and probe run again, synth and extract are kept
+    videos = (out / "synth" / "videos" / "synth_00000.mp4").stat().st_mtime_ns
+    again = run_demo(demo_config(out, overrides=[*SMALL, "train.steps=5"]), log=logs.append)
+    assert [n for n, s in again["stages"].items() if not s.get("skipped")] == ["pretrain", "probe"]
+    assert again["stages"]["pretrain"]["summary"]["steps"] == 5 and any("train" in line for line in logs)
+    assert (out / "synth" / "videos" / "synth_00000.mp4").stat().st_mtime_ns == videos
+    assert load_config([out / "config.yaml"]).train.steps == 5
+
+
+def test_first_changed_stage():
+    base = demo_config("d", overrides=SMALL)
+    for override, stage in (("synth.seed=1", "synth"), ("extract.segment.frames=2", "extract"),
+                            ("model.depth=2", "pretrain"), ("run.seed=3", "pretrain"), ("probe.epochs=3", "probe"),
+                            ("run.progress=true", None)):
+        assert first_changed_stage(base, demo_config("d", overrides=[*SMALL, override])) == stage, override
+    assert first_changed_stage(base, demo_config("elsewhere", overrides=SMALL)) == "synth"  # paths moved
+    sections = [s for stage in STAGES for s in STAGE_SECTIONS[stage]]  # a new config section needs a stage
+    assert sorted(sections) == sorted(f.name for f in dataclasses.fields(base))
 
 
 def test_demo_paths_follow_out_and_segment_length(tmp_path):
