@@ -185,7 +185,8 @@ class ProbeConfig:
     attn_heads: int = 8  # attentive probe; reduced to a divisor of its width
     attn_queries: int = 1
     attn_dim: int = 256  # attentive probe width: wider features are projected to it first; 0 = feature width
-    attn_patience: int = 15  # attentive probe: stop after this many epochs without a better val metric; 0 = never
+    attn_patience: int = 15  # attentive probe: stop after this many epochs without a better val (not in the
+    # first half of probe.epochs); 0 = never
     linear_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])  # linear heads: best on val; [] = lr
     sklearn_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])  # C; Ridge alpha = 1/(2C)
     val_fraction: float = 0.1  # carved from train where a benchmark has no val split
