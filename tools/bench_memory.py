@@ -25,10 +25,14 @@ that AdamW's moments exist:
 - optimizer step: ``peak_opt(e, d) = o0 + e O_e + d O_d`` (weights, gradients, moments and
   the foreach AdamW's temporaries; no activations), fitted on the same runs.
 
-The prediction for the configured depth is ``max(peak_fb, peak_opt)``. The fit lengths
-must be long enough that a block's saved activations outweigh its weights' gradients
-(otherwise the forward+backward peak moves to the end of backward, where the gradients
-are alive and the activations gone, and the formula does not hold); the checks show it. ``--check`` points
+The forward+backward peak is reached either at the start of backward (every block's saved
+activations alive) or at its end (every block's gradients alive, activations gone),
+whichever is larger; the formula holds within one regime, so the fit lengths should be
+long enough that a block's activations outweigh its gradients. Because a fit in the
+gradient regime would miss the activations' growth, the live bytes at the end of forward
+(``fwd_end``: every saved activation, no gradient) get the same linear fit, and the
+prediction for the configured depth is ``max(fwd_end, peak_fb, peak_opt)``: a lower bound
+that is exact within the activation regime (the checks show how close it is). ``--check`` points
 (blocks and length outside the fit, e.g. 3 encoder + 2 decoder blocks at 4x the longest fit
 length) are measured and compared with the prediction, which tests both assumptions; the
 JSON reports the relative error. On a GPU the allocator adds fragmentation (and the CUDA
@@ -77,10 +81,20 @@ def _tensor_bytes(batch: dict) -> int:
 
 
 class _Peak:
-    """Peak bytes of live tensors inside a ``with`` block, on CPU or CUDA."""
+    """Peak bytes of live tensors inside a ``with`` block, on CPU or CUDA; :meth:`current`
+    gives the live bytes at a point inside it."""
 
     def __init__(self, device: Any, engine: Any):
         self.device, self.engine, self.bytes = device, engine, 0
+
+    def current(self) -> int:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated()
+        snap = self.tracker.get_tracker_snapshot("current")
+        return int(sum(v.get("Total", 0) for v in snap.values()))
 
     def __enter__(self) -> _Peak:
         import torch
@@ -132,17 +146,22 @@ def measure(cfg: Any, variant: Any, device: Any, batch_size: int, blocks: tuple[
     for tracked in (False, True):  # the first step creates AdamW's moments
         with _Peak(device, engine) if tracked else _NoPeak() as fb:
             out = engine.forward(inputs["x"], inputs["valid"], inputs["masks"], scale=inputs["scale"])
+            fwd = fb.current()
             engine.backward(out["loss"])
             del out
         with _Peak(device, engine) if tracked else _NoPeak() as opt:
             engine.step()
-        peaks = [fb.bytes + extra, opt.bytes + extra]
+        peaks = [fwd + extra, fb.bytes + extra, opt.bytes + extra]
     del engine, model, inputs, batch
-    return {"enc_blocks": e, "dec_blocks": d, "segments": n, "fb_bytes": peaks[0], "opt_bytes": peaks[1]}
+    return {"enc_blocks": e, "dec_blocks": d, "segments": n, "fwd_end_bytes": peaks[0], "fb_bytes": peaks[1],
+            "opt_bytes": peaks[2]}
 
 
 class _NoPeak:
     bytes = 0
+
+    def current(self) -> int:
+        return 0
 
     def __enter__(self) -> _NoPeak:
         return self
@@ -157,27 +176,35 @@ class MemoryModel:
 
     fb: list[float]  # b0, b1, E0, E1, D0, D1
     opt: list[float]  # o0, O_e, O_d
+    fwd: list[float] | None = None  # live bytes at the end of forward, same form as fb
 
     @classmethod
     def fit(cls, rows: list[dict]) -> MemoryModel:
         import numpy as np
 
         a = np.array([_fb_row(r["enc_blocks"], r["dec_blocks"], r["segments"]) for r in rows])
-        fb = np.linalg.lstsq(a, np.array([r["fb_bytes"] for r in rows], dtype=float), rcond=None)[0]
         o = np.array([_opt_row(r["enc_blocks"], r["dec_blocks"]) for r in rows])
-        opt = np.linalg.lstsq(o, np.array([r["opt_bytes"] for r in rows], dtype=float), rcond=None)[0]
-        return cls(fb=fb.tolist(), opt=opt.tolist())
+
+        def solve(design: Any, key: str) -> list[float]:
+            return np.linalg.lstsq(design, np.array([r[key] for r in rows], dtype=float), rcond=None)[0].tolist()
+
+        fwd = solve(a, "fwd_end_bytes") if all("fwd_end_bytes" in r for r in rows) else None
+        return cls(fb=solve(a, "fb_bytes"), opt=solve(o, "opt_bytes"), fwd=fwd)
 
     def predict(self, e: int, d: int, n: int) -> dict:
         fb = sum(c * x for c, x in zip(self.fb, _fb_row(e, d, n)))
         opt = sum(c * x for c, x in zip(self.opt, _opt_row(e, d)))
-        return {"fb_gib": fb / GIB, "opt_gib": opt / GIB, "peak_gib": max(fb, opt) / GIB}
+        fwd = sum(c * x for c, x in zip(self.fwd, _fb_row(e, d, n))) if self.fwd else 0.0
+        return {"fwd_end_gib": fwd / GIB, "fb_gib": fb / GIB, "opt_gib": opt / GIB,
+                "peak_gib": max(fwd, fb, opt) / GIB}
 
     def describe(self) -> dict:
         b0, b1, e0, e1, d0, d1 = self.fb
         return {"fixed_mib": b0 / 2**20, "fixed_bytes_per_segment": b1,
                 "encoder_block_mib": e0 / 2**20, "encoder_block_bytes_per_segment": e1,
                 "decoder_block_mib": d0 / 2**20, "decoder_block_bytes_per_segment": d1,
+                **({"forward_end_encoder_block_bytes_per_segment": self.fwd[3],
+                    "forward_end_decoder_block_bytes_per_segment": self.fwd[5]} if self.fwd else {}),
                 "optimizer_step_fixed_mib": self.opt[0] / 2**20, "optimizer_step_per_encoder_block_mib":
                     self.opt[1] / 2**20, "optimizer_step_per_decoder_block_mib": self.opt[2] / 2**20}
 
