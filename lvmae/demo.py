@@ -162,13 +162,13 @@ def _claim(cfg: Config, log: Callable[[str], None]) -> None:
     if saved.exists():
         try:
             old = load_config([saved])
-        except ConfigError:  # written by an lvmae with other config keys: trust none of it
-            old, stage, why = None, STAGES[0], "a config this lvmae cannot read"
-        if old is not None:
-            stage, why = first_changed_stage(old, cfg), f"changed: {', '.join(_changed(old, cfg))}"
+        except ConfigError as e:  # another lvmae version's keys: what changed is unknown, so delete nothing
+            raise ConfigError(f"{out} holds a demo run whose config this lvmae cannot read ({e}); "
+                              "use another --out, or delete it to start over") from None
+        stage = first_changed_stage(old, cfg)
         if stage is not None:
             _reset(out, STAGES[STAGES.index(stage):])
-            log(f"{saved}: {why}; running {stage} and the stages after it again")
+            log(f"{saved}: changed {', '.join(_changed(old, cfg))}; running {stage} and the stages after it again")
     save_config(cfg, out)
 
 

@@ -143,3 +143,14 @@ def test_bad_stage_config_fails_before_claiming_the_directory(tmp_path, bad):
     with pytest.raises(ConfigError):
         run_demo(demo_config(out, overrides=[*SMALL, bad]), log=lambda s: None)
     assert not (out / "config.yaml").exists()
+
+
+def test_unreadable_saved_config_is_refused_and_nothing_deleted(tmp_path):
+    """A config.yaml with keys this lvmae does not know (another version) cannot say what changed: keep all."""
+    out = tmp_path / "d"
+    (out / "synth").mkdir(parents=True)
+    (out / "synth" / "keep.txt").write_text("x")
+    (out / "config.yaml").write_text("probe:\n  renamed_key: 1\n")
+    with pytest.raises(ConfigError, match="renamed_key.*another --out"):
+        run_demo(demo_config(out, overrides=SMALL), log=lambda s: None)
+    assert (out / "synth" / "keep.txt").exists() and "renamed_key" in (out / "config.yaml").read_text()
