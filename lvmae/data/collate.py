@@ -32,7 +32,9 @@ class MaskCollate:
     """``collate_fn``: items from :class:`~lvmae.data.dataset.CropDataset` -> a training batch.
 
     Returns ``{"x": [B, L, D] float32, "valid": [B, L] bool, "masks": MaskBatch,
-    "scale": [B] float32 (γ drawn from ``train_scales``, or None if empty), "video_ids": list[str]}``.
+    "scale": [B] float32 (γ drawn from ``train_scales``, or None if empty), "num_masked": int (loss
+    positions, counted on the host so the loop can weight micro-batches without a device sync),
+    "video_ids": list[str]}``.
     """
 
     def __init__(self, masking: MaskingConfig, train_scales: Sequence[float] = ()):
@@ -48,5 +50,5 @@ class MaskCollate:
         scale = None
         if len(self.train_scales):
             scale = self.train_scales[torch.randint(len(self.train_scales), (len(items),), generator=g)]
-        return {"x": x, "valid": valid, "masks": masks, "scale": scale,
+        return {"x": x, "valid": valid, "masks": masks, "scale": scale, "num_masked": int(masks.mask.sum()),
                 "video_ids": [it["video_id"] for it in items]}

@@ -93,9 +93,10 @@ def _setup(cfg: Config) -> _Run:
     peak, rule = resolve_peak_lr(cfg.optim.base_lr, cfg.optim.lr, engine.global_batch)
     run = _Run(cfg, dist, run_dir, stream, engine, ckpt, peak)
     if dist.is_main:
-        log.info("pretrain: global batch %d (micro %d x accum %d x %d ranks), peak LR %.2e = %s; "
-                 "warmup %d of %d steps, cosine to %g", engine.global_batch, engine.micro_batch,
-                 engine.grad_accum, dist.world, peak, rule, cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr)
+        log.info("pretrain: global batch %d (micro %d x accum %d x %d rank%s), peak LR %.2e = %s; "
+                 "warmup %d of %d steps, cosine to %g", engine.global_batch, engine.micro_batch, engine.grad_accum,
+                 dist.world, "s" if dist.world > 1 else "", peak, rule, cfg.optim.warmup_steps, cfg.train.steps,
+                 cfg.optim.min_lr)
         if cfg.optim.warmup_steps >= cfg.train.steps:
             log.warning("optim.warmup_steps (%d) >= train.steps (%d): the LR never decays (nor reaches its peak "
                         "before the last step)", cfg.optim.warmup_steps, cfg.train.steps)
@@ -162,6 +163,20 @@ def _scalar(v: torch.Tensor | float | None, device: torch.device) -> torch.Tenso
     return torch.as_tensor(v, dtype=torch.float32).reshape(()).to(device)
 
 
+def _micro_weights(num_masked: list[int]) -> list[float]:
+    """Loss weight per micro-batch so the step's loss is the mean over all its masked segments.
+
+    Each micro-batch's loss is a mean over its own masked segments and the engine divides by
+    ``grad_accum``; weighting by ``n_i * grad_accum / sum(n)`` makes every masked segment count
+    once, as in one unsplit batch (with length bucketing, micro-batches of 2-segment crops
+    would otherwise outweigh long ones per segment). Ranks are still averaged equally.
+    """
+    total = sum(num_masked)
+    if total == 0:
+        return [1.0] * len(num_masked)
+    return [n * len(num_masked) / total for n in num_masked]
+
+
 def _train_step(run: _Run) -> _Step:
     """One optimizer step (``grad_accum`` micro-batches), queued without a host sync.
 
@@ -171,15 +186,16 @@ def _train_step(run: _Run) -> _Step:
     """
     lr = lr_at(run.step, run.peak, run.cfg.train.steps, run.cfg.optim.warmup_steps, run.cfg.optim.min_lr)
     run.engine.set_lr(lr)
-    device, loss, segments, ids, data_s = run.engine.device, 0.0, 0.0, [], 0.0
-    for _ in range(run.engine.grad_accum):
-        tic = time.perf_counter()
-        batch = next(run.stream)
-        data_s += time.perf_counter() - tic
+    tic = time.perf_counter()
+    batches = [next(run.stream) for _ in range(run.engine.grad_accum)]
+    data_s = time.perf_counter() - tic
+    weights = _micro_weights([b["num_masked"] for b in batches])
+    device, loss, segments, ids = run.engine.device, 0.0, 0.0, []
+    for batch, w in zip(batches, weights):
         b = to_device(batch, device, run.engine.input_dtype)
         out = run.engine.forward(b["x"], b["valid"], b["masks"], scale=b["scale"])
-        run.engine.backward(out["loss"])
-        loss = loss + out["loss"].detach().float()
+        run.engine.backward(out["loss"] * w if w != 1.0 else out["loss"])
+        loss = loss + out["loss"].detach().float() * w
         segments = segments + b["valid"].sum()
         ids += batch["video_ids"]
     hits = retrieval_hits(out["pred"], out["target"], out["mask"], b["valid"])  # the last micro-batch
