@@ -245,17 +245,19 @@ def test_shipped_pretrain_configs_load():
 
 @pytest.mark.slow
 def test_two_cpu_ranks_torchrun_both_engines_agree(store, tmp_path):
-    """pretrain/torchrun.sh with 2 CPU processes: DeepSpeed (ZeRO-2) and the torch engine's all-reduce agree."""
+    """pretrain/torchrun.sh with 2 CPU processes: DeepSpeed (ZeRO-2) and the torch engine's all-reduce agree
+    (with accumulation, so the per-micro-batch and per-rank segment-count weights are exercised)."""
     env = {**os.environ, "CONFIG": str(ROOT / "pretrain" / "tiny_cpu.yaml"), "MASTER_PORT": "29617",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for engine in ("torch", "deepspeed"):
         r = subprocess.run([str(ROOT / "pretrain" / "torchrun.sh"), "2", str(store.root), str(tmp_path / engine),
                             "train.steps=6", "train.save_every=3", "run.progress=false", "train.plot=false",
+                            "deepspeed.micro_batch=8", "deepspeed.grad_accum=2",
                             f"deepspeed.engine={engine}", "deepspeed.zero_stage=2" if engine == "deepspeed" else
                             "deepspeed.zero_stage=0"], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         summary = json.loads((tmp_path / engine / "summary.json").read_text())
-        assert summary["world"] == 2 and summary["steps"] == 6 and summary["global_batch"] == 16
+        assert summary["world"] == 2 and summary["steps"] == 6 and summary["global_batch"] == 8 * 2 * 2
     assert_same_weights(tmp_path / "torch" / "checkpoints" / "step_00000006",
                         tmp_path / "deepspeed" / "checkpoints" / "step_00000006", atol=1e-4)
 

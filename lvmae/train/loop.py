@@ -169,12 +169,27 @@ def _micro_weights(num_masked: list[int]) -> list[float]:
     Each micro-batch's loss is a mean over its own masked segments and the engine divides by
     ``grad_accum``; weighting by ``n_i * grad_accum / sum(n)`` makes every masked segment count
     once, as in one unsplit batch (with length bucketing, micro-batches of 2-segment crops
-    would otherwise outweigh long ones per segment). Ranks are still averaged equally.
+    would otherwise outweigh long ones per segment).
     """
     total = sum(num_masked)
     if total == 0:
         return [1.0] * len(num_masked)
     return [n * len(num_masked) / total for n in num_masked]
+
+
+def _rank_weight(run: _Run, num_masked: list[int]) -> torch.Tensor | float:
+    """Extra loss factor for this rank: its share of the global batch's masked segments x world.
+
+    Engines average gradients over ranks equally; with this factor every masked segment of
+    the global batch counts once. The count is all-reduced on the device and never read
+    back, so it costs no host sync. 1.0 on one rank.
+    """
+    if run.dist.world == 1:
+        return 1.0
+    local = float(sum(num_masked))
+    total = torch.tensor(local, device=run.engine.device)
+    torch.distributed.all_reduce(total)
+    return local * run.dist.world / total.clamp(min=1.0)
 
 
 def _train_step(run: _Run) -> _Step:
@@ -189,13 +204,15 @@ def _train_step(run: _Run) -> _Step:
     tic = time.perf_counter()
     batches = [next(run.stream) for _ in range(run.engine.grad_accum)]
     data_s = time.perf_counter() - tic
-    weights = _micro_weights([b["num_masked"] for b in batches])
+    counts = [b["num_masked"] for b in batches]
+    weights, rank_w = _micro_weights(counts), _rank_weight(run, counts)
     device, loss, segments, ids = run.engine.device, 0.0, 0.0, []
     for batch, w in zip(batches, weights):
         b = to_device(batch, device, run.engine.input_dtype)
         out = run.engine.forward(b["x"], b["valid"], b["masks"], scale=b["scale"])
-        run.engine.backward(out["loss"] * w if w != 1.0 else out["loss"])
-        loss = loss + out["loss"].detach().float() * w
+        scale = w * rank_w  # a device tensor on several ranks: never compared on the host
+        run.engine.backward(out["loss"] if isinstance(scale, float) and scale == 1.0 else out["loss"] * scale)
+        loss = loss + out["loss"].detach().float() * w  # logged: this rank's mean over its masked segments
         segments = segments + b["valid"].sum()
         ids += batch["video_ids"]
     hits = retrieval_hits(out["pred"], out["target"], out["mask"], b["valid"])  # the last micro-batch
