@@ -294,3 +294,17 @@ def test_shipped_configs_agree_and_their_schedules_decay():
         assert getattr(tiny_cfg, section) == getattr(cpu, section), section
     for cfg in (paper, tiny_cfg):
         assert cfg.optim.warmup_steps < cfg.train.steps
+
+
+def test_resume_warns_when_data_order_or_schedule_changes(store, tmp_path, caplog):
+    out = tmp_path / "run"
+    pretrain(tiny(store, out, "train.steps=2", "train.export=false", "train.plot=false"))
+    caplog.set_level("WARNING", logger="lvmae.train")
+    pretrain(tiny(store, out, "train.steps=4", "train.export=false", "train.plot=false", "train.resume=true",
+                  "run.seed=3", "data.max_len=12", "data.num_workers=0"))
+    assert "run.seed was 0, now 3" in caplog.text and "data.max_len was 16, now 12" in caplog.text
+    assert "train.steps was 2, now 4" in caplog.text
+    caplog.clear()
+    pretrain(tiny(store, out, "train.steps=4", "train.export=false", "train.plot=false", "train.resume=true",
+                  "run.seed=3", "data.max_len=12"))
+    assert "was" not in caplog.text  # nothing changed since the last checkpoint

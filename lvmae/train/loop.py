@@ -108,10 +108,19 @@ def _setup(cfg: Config) -> _Run:
     return run
 
 
+PLAN_KEYS = ("stores", "weights", "modalities", "min_len", "max_len", "short_policy", "bucket_by_length",
+             "bucket_window")
+
+
 def _trainer_state(run: _Run) -> dict[str, Any]:
-    ds = run.cfg.deepspeed
+    c = run.cfg
+    ds, data = c.deepspeed, section_dict(c.data)
+    # What decides the data order and the LR schedule: a resume may change it, but is told so.
+    plan = {"run.seed": c.run.seed, **{f"data.{k}": data[k] for k in PLAN_KEYS},
+            **{f"masking.{k}": v for k, v in section_dict(c.masking).items()}, "train.steps": c.train.steps,
+            "optim.warmup_steps": c.optim.warmup_steps, "optim.min_lr": c.optim.min_lr, "peak_lr": run.peak}
     return {"data": run.stream.state_dict(), "world": run.dist.world, "micro_batch": ds.micro_batch,
-            "grad_accum": ds.grad_accum, "model": section_dict(run.cfg.model), "engine": run.engine.name}
+            "grad_accum": ds.grad_accum, "model": section_dict(c.model), "engine": run.engine.name, "plan": plan}
 
 
 def _resume(run: _Run, path: Path) -> None:
@@ -124,6 +133,11 @@ def _resume(run: _Run, path: Path) -> None:
             if isinstance(new, dict) and isinstance(was, dict):
                 key, was, new = _first_difference(key, was, new)
             raise ConfigError(f"cannot resume from {path}: {key} was {was!r}, now {new!r}")
+    was, new = saved.get("plan", {}), now["plan"]
+    changed = [f"{k} was {was[k]!r}, now {new[k]!r}" for k in new if k in was and was[k] != new[k]]
+    if changed and run.dist.is_main:
+        log.warning("resuming %s with %s: the data order or LR schedule from here differs from the "
+                    "original run", path.name, "; ".join(changed))
     state = run.ckpt.load(run.engine, path)
     run.stream.load_state_dict(state["data"])
     run.step, run.resumed_from = int(state["step"]), str(path)
