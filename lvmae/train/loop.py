@@ -93,19 +93,24 @@ def _setup(cfg: Config) -> _Run:
     peak, rule = resolve_peak_lr(cfg.optim.base_lr, cfg.optim.lr, engine.global_batch)
     run = _Run(cfg, dist, run_dir, stream, engine, ckpt, peak)
     if dist.is_main:
-        log.info("pretrain: global batch %d (micro %d x accum %d x %d rank%s), peak LR %.2e = %s; "
-                 "warmup %d of %d steps, cosine to %g", engine.global_batch, engine.micro_batch, engine.grad_accum,
-                 dist.world, "s" if dist.world > 1 else "", peak, rule, cfg.optim.warmup_steps, cfg.train.steps,
-                 cfg.optim.min_lr)
-        if cfg.optim.warmup_steps >= cfg.train.steps:
-            log.warning("optim.warmup_steps (%d) >= train.steps (%d): the LR never decays (nor reaches its peak "
-                        "before the last step)", cfg.optim.warmup_steps, cfg.train.steps)
+        _log_schedule(run, rule)
     ckpt.clean_stale()
     if latest is not None:
         _resume(run, latest)
     if dist.is_main:
         save_config(cfg, run_dir)
     return run
+
+
+def _log_schedule(run: _Run, rule: str) -> None:
+    """Batch and LR as the run resolved them (linear scaling makes small batches tiny LRs: show it)."""
+    e, o, steps = run.engine, run.cfg.optim, run.cfg.train.steps
+    log.info("pretrain: global batch %d (micro %d x accum %d x %d rank%s), peak LR %.2e = %s; "
+             "warmup %d of %d steps, cosine to %g", e.global_batch, e.micro_batch, e.grad_accum, run.dist.world,
+             "s" if run.dist.world > 1 else "", run.peak, rule, o.warmup_steps, steps, o.min_lr)
+    if o.warmup_steps >= steps:
+        log.warning("optim.warmup_steps (%d) >= train.steps (%d): the LR never decays (nor reaches its peak "
+                    "before the last step)", o.warmup_steps, steps)
 
 
 PLAN_KEYS = ("stores", "weights", "modalities", "min_len", "max_len", "short_policy", "bucket_by_length",
