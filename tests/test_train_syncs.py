@@ -55,19 +55,23 @@ def test_train_step_has_no_host_syncs(store, tmp_path, monkeypatch):
     per_step: list[list[str]] = []
     real = loop._train_step
 
-    def step(run):
+    def step(run, **kwargs):
         before = len(counter.calls)
-        out = real(run)
+        out = real(run, **kwargs)
         per_step.append(counter.calls[before:])
         return out
 
     monkeypatch.setattr(loop, "_train_step", step)
+    scored = []
+    real_hits = loop.retrieval_hits
+    monkeypatch.setattr(loop, "retrieval_hits", lambda *a, **k: scored.append(1) or real_hits(*a, **k))
     with counter:
         pretrain(tiny(store, tmp_path / "run", "train.steps=6", "deepspeed.grad_accum=2",
                       "train.log_every=3", "train.save_every=6"))
     assert len(per_step) == 6
     assert per_step == [[]] * 6, per_step  # nothing inside a step waits for the device
     assert len(counter.calls) <= 4, counter.calls  # one fetch per log step (3, 6), not per step
+    assert len(scored) == 2  # retrieval (B*L x B*L scores) only on the log steps
 
 
 def _nan_from_call(monkeypatch, first_call: int, grad: bool = False):
