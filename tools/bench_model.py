@@ -59,7 +59,7 @@ from _bench import (
 PRESETS: dict[str, tuple[list[str], list[str]]] = {
     # name: (config files, overrides); batch = deepspeed.micro_batch, length = data.max_len
     "paper": (["pretrain/paper.yaml", "configs/paper.yaml"], []),  # + in_dim 1024 (LanguageBind)
-    "cpu-small": (["pretrain/tiny_cpu.yaml"], []),
+    "cpu-small": (["pretrain/tiny_cpu.yaml"], ["deepspeed.micro_batch=8"]),  # the README's CPU table
     "cpu-tiny": (["pretrain/tiny_cpu.yaml"], ["model.in_dim=64", "model.width=64", "model.decoder_width=32",
                                               "deepspeed.micro_batch=4", "data.max_len=32"]),
 }
