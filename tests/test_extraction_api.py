@@ -214,7 +214,7 @@ def test_retry_failed(vdir, tmp_path):
 
 
 def test_cli(vdir, tmp_path, capsys):
-    out = tmp_path / "store"
+    out = tmp_path / "store: yes"  # --out is a literal path, not YAML
     sets = ["extract.encoder.vision=tiny", "extract.encoder.audio=null", "extract.segment.frames=2",
             "extract.encoder.image_size=32"]
     assert main(["extract", str(vdir), "--out", str(out), "--no-progress", *sets]) == 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from lvmae.commands._common import add_config_args, config_from_args, split_overrides
+from lvmae.commands._common import add_config_args, config_from_args, literal, split_overrides
 from lvmae.errors import LvmaeError
 
 HELP = "embed video segments with frozen encoders into a feature store"
@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     videos, overrides = split_overrides(args.items)
     if not videos:
         raise LvmaeError("no VIDEOS given (files, directories or list files)")
-    extra = [f"extract.{k}={v}" for k, v in (
-        ("out", args.out), ("shard", args.shard), ("id_from", args.id_from),
+    extra = [literal("extract.out", args.out)] if args.out is not None else []
+    extra += [f"extract.{k}={v}" for k, v in (
+        ("shard", args.shard), ("id_from", args.id_from),
         ("decode_workers", args.workers), ("retry_failed", args.retry_failed or None),
     ) if v is not None]
     cfg = config_from_args(argparse.Namespace(config=args.config, overrides=overrides), extra)
