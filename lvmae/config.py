@@ -157,6 +157,7 @@ class TrainConfig:
     resume: bool = False
     export: bool = True  # write the encoder to RUN/export at the end
     plot: bool = True  # loss / retrieval curves to RUN/curves.png at the end
+    compile: bool = False  # torch.compile the model (torch engine only; first steps slow while it compiles)
 
 
 @dataclass
@@ -293,6 +294,7 @@ def _validate_pretrain(cfg: Config) -> None:
            "train.steps, train.save_every, train.log_every and train.keep_last must be >= 1")
     _check(cfg.optim.warmup_steps >= 0 and cfg.optim.base_lr > 0, "optim.base_lr must be > 0, optim.warmup_steps >= 0")
     _check(cfg.optim.lr is None or cfg.optim.lr > 0, f"optim.lr must be > 0 or null, got {cfg.optim.lr}")
+    _check(not t.compile or ds.engine == "torch", "train.compile needs deepspeed.engine=torch (untested under DeepSpeed)")
 
 
 def load_config(

@@ -180,15 +180,12 @@ def build_engine_for(model: Any, v: Variant, ctx: Context) -> Any:
 
     ds = dataclasses.replace(ctx.cfg.deepspeed, engine="torch" if v.zero is None else "deepspeed",
                              precision=v.precision, zero_stage=v.zero or 0, micro_batch=ctx.batch, grad_accum=1)
-    cfg = dataclasses.replace(ctx.cfg, deepspeed=ds, run=dataclasses.replace(ctx.cfg.run, device=ctx.device.type))
+    cfg = dataclasses.replace(ctx.cfg, deepspeed=ds, run=dataclasses.replace(ctx.cfg.run, device=ctx.device.type),
+                              train=dataclasses.replace(ctx.cfg.train, compile=v.compile))
     dist = DistInfo(0, 1, 0, ctx.device) if v.zero is None else setup_distributed(cfg)
     engine = build_engine(model, cfg, dist)
     if v.zero is None:
         engine.optimizer = make_optimizer(engine.model, cfg.optim, fused=v.fused)
-        if v.compile:
-            import torch
-
-            engine.model = torch.compile(engine.model)
     return engine
 
 

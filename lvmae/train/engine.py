@@ -222,11 +222,13 @@ class TorchEngine(_EngineBase):
         self.grad_clip = cfg.optim.grad_clip
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.input_dtype = None
+        # the compiled wrapper shares the parameters; self.model stays plain so checkpoints keep their keys
+        self.run_model = torch.compile(self.model) if cfg.train.compile else self.model
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         dtype = DTYPES[self.precision]
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return self.model(*args, **kwargs)
+            return self.run_model(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss = loss / self.grad_accum

@@ -1,0 +1,51 @@
+"""train.compile: the torch engine runs a torch.compile'd wrapper of the same module."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from lvmae.config import load_config
+from lvmae.errors import ConfigError
+from lvmae.masking import build_masks
+from lvmae.models import LVMAE
+from lvmae.train.engine import DistInfo, build_engine
+
+TINY = ["model.in_dim=16", "model.width=16", "model.depth=1", "model.heads=2", "model.decoder_width=8",
+        "model.decoder_depth=1", "model.decoder_heads=2", "deepspeed.engine=torch", "run.device=cpu"]
+
+
+def _engine(compile_: bool):
+    cfg = load_config([], [*TINY, f"train.compile={str(compile_).lower()}"])
+    torch.manual_seed(0)
+    return build_engine(LVMAE(cfg.model), cfg, DistInfo(0, 1, 0, torch.device("cpu"))), cfg
+
+
+def test_compile_needs_the_torch_engine():
+    with pytest.raises(ConfigError, match="train.compile"):
+        load_config([], ["train.compile=true", "deepspeed.engine=deepspeed"])
+
+
+def test_compiled_engine_wraps_the_same_module():
+    engine, _ = _engine(True)
+    assert engine.run_model is not engine.model and isinstance(engine.run_model, torch._dynamo.OptimizedModule)
+    assert engine.run_model._orig_mod is engine.model  # one set of parameters, checkpoint keys unchanged
+    assert not any(k.startswith("_orig_mod") for k in engine.model.state_dict())
+    plain, _ = _engine(False)
+    assert plain.run_model is plain.model
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    losses = []
+    for flag in (False, True):
+        engine, cfg = _engine(flag)
+        g = torch.Generator().manual_seed(1)
+        x, valid = torch.randn(4, 12, 16, generator=g), torch.ones(4, 12, dtype=torch.bool)
+        masks = build_masks(x, valid, dataclasses.replace(cfg.masking), g)
+        for _ in range(2):
+            out = engine.forward(x, valid, masks, scale=1.0)
+            engine.backward(out["loss"])
+            engine.step()
+        losses.append(float(out["loss"]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
