@@ -217,6 +217,15 @@ def test_full_batch_attends_without_a_mask(monkeypatch):
     assert len(seen) == 3 and all(m is not None for m in seen)
     torch.testing.assert_close(fast, masked, atol=1e-6, rtol=1e-5)
     assert not _masks(*_data()).full  # a ragged batch keeps its mask
+    seen.clear()
+    model.eval()
+    full = model.encode(x, valid)["tokens"]
+    assert len(seen) == 2 and all(m is None for m in seen)  # probing: encoder only, no mask
+    seen.clear()
+    padded = model.encode(torch.cat([x, x[:, :1]], 1), torch.cat([valid, valid[:, :1] & False], 1))
+    assert len(seen) == 2 and all(m is not None for m in seen)
+    torch.testing.assert_close(full, padded["tokens"][:, :-1], atol=1e-5, rtol=1e-4)
+
 
 def test_bf16_forward_is_finite():
     model = _model(VARIANTS["hope"]).to(torch.bfloat16)

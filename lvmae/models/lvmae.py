@@ -278,7 +278,9 @@ class LVMAE(nn.Module):
         b, n = valid.shape
         scale = self.resolve_scale(scale, b, x.device, train=False)
         seg_pos = time_positions(torch.arange(n, device=x.device).expand(b, n), scale)
-        out = self.encoder(*self.encoder_inputs(x, seg_pos, valid))
+        tokens, tok_valid, rope = self.encoder_inputs(x, seg_pos, valid)
+        # unpadded batch: no mask, so SDPA may take its flash kernel (one sync; the caller syncs anyway)
+        out = self.encoder(tokens, None if bool(valid.all()) else tok_valid, rope)
         tokens = out[:, 1:].unflatten(1, (n, self.n_tok)).mean(2) * valid.unsqueeze(-1).to(out.dtype)
         return {"tokens": tokens, "cls": out[:, 0], "valid": valid}
 
