@@ -24,10 +24,10 @@ from lvmae.models.config import ModelConfig, RopeConfig, check_model_config  # n
 class RunConfig:
     """Where a run writes and how it is seeded."""
 
-    out_dir: str = "runs/default"
-    seed: int = 0
+    out_dir: str = "runs/default"  # pretrain / probe / demo outputs (checkpoints, export, results)
+    seed: int = 0  # pretraining RNG: init, crop order, masks, HoPE scales (dropout: seed + rank)
     device: str = "auto"  # auto | cpu | cuda
-    progress: bool = True
+    progress: bool = True  # tqdm progress bars (extract, synth, pretrain, probe); false for logs
 
 
 @dataclass
@@ -38,28 +38,30 @@ class SegmentConfig:
     segment is kept when it covers at least ``min_last_fraction`` of a segment.
     """
 
-    seconds: float = 5.0
+    seconds: float = 5.0  # segment length in seconds (one embedding per segment and modality)
     stride: float | None = None  # None: equal to `seconds` (no overlap)
-    frames: int = 8
+    frames: int = 8  # K frames per segment (centres of K equal parts); see encoder.pooling
+    # The trailing partial segment is kept if it covers >= this share of `seconds` (0: any
+    # remainder); a video shorter than that share of one segment fails as too short.
     min_last_fraction: float = 0.5
-    audio_sample_rate: int = 16000
+    audio_sample_rate: int = 16000  # Hz: audio is resampled to mono at this rate for its encoder
 
 
 @dataclass
 class EncoderConfig:
     """Which frozen encoders turn segments into embeddings (one per modality)."""
 
-    vision: str = "efficientnet_lite0"
-    audio: str | None = "logmel"
-    text: str | None = None
-    image_size: int = 112
+    vision: str = "efficientnet_lite0"  # efficientnet_lite0 | hf_clip | registered name; "" = none
+    audio: str | None = "logmel"  # logmel | a registered name; null = no audio features
+    text: str | None = None  # minilm | hf_text (subtitles per segment); null = no text features
+    image_size: int = 112  # side (px) of the square frames for vision encoders (hf_clip: its own)
     pooling: str = "mean"  # mean | mean_std | mean_diff (over the K frames)
     checkpoint: str | None = None  # local dir/file for encoders that need weights
     text_checkpoint: str | None = None  # local HF text-encoder dir (encoder.text=hf_text)
     resize: str = "center_crop"  # center_crop | squash (how frames become image_size squares)
     n_mels: int = 64  # logmel audio encoder: mel bands (embedding = mean+std per band)
     batch_frames: int = 64  # frames per encoder forward, across segments
-    device: str = "auto"
+    device: str = "auto"  # auto (this rank's GPU, else cpu) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA; CPU always fp32)
 
 
@@ -67,8 +69,8 @@ class EncoderConfig:
 class ExtractConfig:
     """Extraction job: videos -> feature store."""
 
-    out: str = "features"
-    dtype: str = "float16"
+    out: str = "features"  # feature store directory to write (lvmae extract --out overrides it)
+    dtype: str = "float16"  # float16 | float32: embeddings as stored (part of the store's identity)
     decode_workers: int = 0  # parallel decoded files; 0 = auto (cores, at most 8)
     decode_backend: str = "thread"  # thread | process (decode workers)
     decode_threads: int = 0  # FFmpeg threads per decoded file; 0 = cores / workers
@@ -95,27 +97,32 @@ class MaskingConfig:
     """
 
     strategy: str = "random"  # random | semantic_mask_distinct | semantic_keep_distinct | block
+    # Share of each sequence's valid segments that is masked, in (0, 1); at least one segment
+    # stays visible (visible = max(1, round((1 - ratio) * length))).
     ratio: float = 0.5
-    block_min: int = 2
-    block_max: int = 16
+    block_min: int = 2  # block strategy: chunk lengths (segments) drawn from block_min..block_max
+    block_max: int = 16  # block strategy: longest chunk (adjacent masked chunks merge)
 
 
 @dataclass
 class DataConfig:
     """Pretraining data: random crops of stored embedding sequences."""
 
+    # Feature store directories to pretrain on (required); they must hold `modalities` with
+    # the same dims, and are mixed by `weights`.
     stores: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # per store; empty = proportional
+    # Modalities read from every store (vision | audio | text), concatenated along D in this order.
     modalities: list[str] = field(default_factory=lambda: ["vision"])
-    min_len: int = 2
-    max_len: int = 256
+    min_len: int = 2  # shortest crop, in segments (crop length: uniform in [min_len, max_len])
+    max_len: int = 256  # longest crop, in segments (the paper: 256 x 5 s = 1280 s)
     # A video shorter than the drawn crop length: tile (repeat it to that length, as the
     # paper does) | keep (use it whole, padded) | drop (like keep, but videos shorter than
     # min_len are left out of the dataset).
     short_policy: str = "tile"
-    bucket_by_length: bool = True
+    bucket_by_length: bool = True  # batch crops of similar length (less padding); false = random
     bucket_window: int = 32  # micro-batches pooled and sorted by crop length when bucketing
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes per rank; 0 = load in the training process
 
 
 @dataclass
@@ -124,11 +131,11 @@ class OptimConfig:
 
     base_lr: float = 1.5e-4  # peak LR = base_lr x global batch / 256 (linear scaling, MAE) ...
     lr: float | None = None  # ... unless this absolute peak LR is set
-    min_lr: float = 0.0
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    min_lr: float = 0.0  # LR at the end of the cosine decay (absolute, not batch-scaled)
+    warmup_steps: int = 100  # optimiser steps of linear warmup to the peak LR; 0 = none
+    weight_decay: float = 0.05  # AdamW, on parameters of >= 2 dims only (not biases or norms)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
+    eps: float = 1e-8  # AdamW epsilon (added to the denominator)
     grad_clip: float = 1.0  # 0 disables clipping
 
 
@@ -137,10 +144,10 @@ class DeepSpeedConfig:
     """Engine, batch sizes and precision: defined once, here."""
 
     engine: str = "deepspeed"  # deepspeed | torch
-    micro_batch: int = 16
-    grad_accum: int = 1
+    micro_batch: int = 16  # crops per forward per rank; global batch = micro x grad_accum x ranks
+    grad_accum: int = 1  # micro-batches accumulated per optimiser step
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    zero_stage: int = 0
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0..3 (0 = off); deepspeed engine only
     # Single CPU process only: skip compiling DeepSpeed's shared-memory all-reduce op
     # (~1 min on first use, useless with one rank).
     cpu_skip_shm_op: bool = True
@@ -150,10 +157,12 @@ class DeepSpeedConfig:
 class TrainConfig:
     """Pretraining loop: length, checkpoints, logging."""
 
-    steps: int = 1000
-    save_every: int = 200
-    keep_last: int = 3
-    log_every: int = 10
+    steps: int = 1000  # optimiser steps in all (after grad_accum); the LR schedule spans them
+    save_every: int = 200  # checkpoint every N steps (and at the last step)
+    keep_last: int = 3  # newest checkpoints kept in RUN/checkpoints; older ones are deleted
+    log_every: int = 10  # log metrics (jsonl, TensorBoard) every N steps, averaged over them
+    # Continue from RUN/checkpoints/latest (same as --resume; starts fresh if there is none).
+    # False while the run dir already has checkpoints is an error.
     resume: bool = False
     export: bool = True  # write the encoder to RUN/export at the end
     plot: bool = True  # loss / retrieval curves to RUN/curves.png at the end
@@ -166,33 +175,38 @@ class ProbeConfig:
 
     benchmark: str = "generic"  # lvu | coin | breakfast | generic
     labels: str = ""  # label file or directory, in the benchmark's own format
-    store: str = ""
+    store: str = ""  # feature store of the benchmark's videos (required)
     checkpoint: str | None = None  # exported LV-MAE encoder dir; None = raw baselines only
     tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
+    # Rows of the results table: raw_mean_sklearn | raw_linear | raw_attentive | lvmae_linear |
+    # lvmae_attentive (lvmae_* need probe.checkpoint and are skipped without it).
     methods: list[str] = field(
         default_factory=lambda: ["raw_mean_sklearn", "raw_attentive", "lvmae_linear", "lvmae_attentive"]
     )
     pooling: str = "mean"  # mean | cls (linear probe)
-    epochs: int = 100
+    epochs: int = 100  # training epochs of each torch head (not sklearn); best val epoch kept
     lr: float = 1e-3  # attentive heads (linear heads: linear_lrs)
-    weight_decay: float = 0.05
-    batch_size: int = 32
+    weight_decay: float = 0.05  # AdamW, torch heads (on parameters of >= 2 dims only)
+    batch_size: int = 32  # videos per training step of torch heads (>= 2: BatchNorm)
+    # One fit per task, method and seed (it seeds the head's init and shuffling); the tables
+    # report the mean and std over seeds.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_len: int = 1024  # longer videos are subsampled uniformly to this many segments
     modalities: list[str] = field(default_factory=lambda: ["vision"])  # concatenated along D, as in pretraining
     schedule: str = "cosine"  # cosine | constant (after warmup)
-    warmup_epochs: float = 1.0
-    min_lr: float = 0.0
+    warmup_epochs: float = 1.0  # linear LR warmup of torch heads, in epochs (may be fractional)
+    min_lr: float = 0.0  # LR at the end of the cosine schedule (torch heads)
     attn_heads: int = 8  # attentive probe; reduced to a divisor of its width
-    attn_queries: int = 1
+    attn_queries: int = 1  # attentive probe: learned queries (their outputs are averaged)
     attn_dim: int = 256  # attentive probe width: wider features are projected to it first; 0 = feature width
-    attn_patience: int = 15  # attentive probe: stop after this many epochs without a better val (not in the
-    # first half of probe.epochs); 0 = never
+    # Attentive probe: stop after this many epochs without a better val (not in the first half
+    # of probe.epochs); 0 = never.
+    attn_patience: int = 15
     linear_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])  # linear heads: best on val; [] = lr
     sklearn_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])  # C; Ridge alpha = 1/(2C)
     val_fraction: float = 0.1  # carved from train where a benchmark has no val split
     scale: float | None = None  # HoPE temporal scale for encoding; None = the model's eval_scale
-    encode_batch: int = 16
+    encode_batch: int = 16  # videos per LV-MAE encoder forward when encoding the probe set
     cache: bool = True  # keep LV-MAE encoder outputs on disk, reused across tasks and runs
     cache_dir: str = ""  # "" = <run.out_dir>/encoded
 
@@ -207,27 +221,32 @@ class SynthConfig:
     See :mod:`lvmae.synth` for the tasks and why mean pooling cannot solve some.
     """
 
-    out: str = "synth"
-    num_videos: int = 120
+    out: str = "synth"  # output dir: videos/, labels.csv, manifest.json (lvmae synth --out)
+    num_videos: int = 120  # videos generated, divided into train/val/test by `splits`
+    # Label tasks (one labels.csv task each): order | precedes | count | appearance | direction.
     tasks: list[str] = field(default_factory=lambda: ["order", "precedes", "count", "appearance"])
     splits: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # train, val, test
+    # Segment length in seconds: every step lasts a whole number of segments; extract with
+    # extract.segment.seconds equal to it (the demo does).
     segment_seconds: float = 5.0
+    # [min, max] segments per step (not the count task's E steps: their total is fixed).
     segments_per_step: list[int] = field(default_factory=lambda: [1, 3])
+    # [min, max] filler steps per video (the task steps are placed in the gaps between them).
     filler_steps: list[int] = field(default_factory=lambda: [6, 10])
-    filler_types: int = 4
+    filler_types: int = 4  # distinct filler step types (>= 2), named G, H, ...
     min_gap: int = 3  # steps between the far-apart steps of the order/precedes tasks
     order_trace: bool = True  # A and B change the look of later filler steps (a lasting scene state)
     precedes_max: int = 2  # each of the two precedes step types occurs 1..precedes_max times
     count_max: int = 3  # count classes: 1..count_max repetitions
     script_noise: float = 0.2  # direction task: chance that a filler breaks the script cycle
-    fps: int = 2
-    size: int = 96
+    fps: int = 2  # frame rate of the rendered videos; fps x segment_seconds must be whole
+    size: int = 96  # frame side in pixels (square; even and >= 16)
     noise: float = 0.04  # pixel noise std (0..1 scale)
     jitter: float = 0.06  # camera shift std (fraction of the frame)
-    audio: bool = True
-    audio_rate: int = 16000
-    workers: int = 1
-    seed: int = 0
+    audio: bool = True  # add a mono AAC track (a tone per step type)
+    audio_rate: int = 16000  # audio sample rate in Hz (a standard AAC rate)
+    workers: int = 1  # rendering processes (1 = in this process); the output does not depend on it
+    seed: int = 0  # decides splits, labels, step timelines and rendering noise
 
 
 @dataclass

@@ -17,11 +17,12 @@ class RopeConfig:
     Other kinds use scale 1 unless a scale is passed to the model explicitly.
     """
 
-    kind: str = "hope"
-    base: float = 10000.0
+    kind: str = "hope"  # hope | rope | sincos | none (see above)
+    base: float = 10000.0  # frequencies base^(-2i/d); d = head dim (rotary) or token width (sincos)
     zero_freq_fraction: float = 0.25  # share of lowest-frequency pairs set to frequency 0 (hope)
+    # hope only: each training sequence's time scale, drawn uniformly from this list.
     train_scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
-    eval_scale: float = 1.0
+    eval_scale: float = 1.0  # hope only: time scale when encoding / in eval (probe.scale overrides)
     modality_axis_fraction: float = 0.25  # share of rotary pairs given to the modality axis
 
 
@@ -29,24 +30,24 @@ class RopeConfig:
 class ModelConfig:
     """LV-MAE sizes. Defaults are a small CPU-friendly model; see configs/paper.yaml."""
 
-    in_dim: int = 1280
+    in_dim: int = 1280  # input embedding size (all modalities); pretrain sets it from data.stores
     modality_dims: list[int] = field(default_factory=list)  # split of in_dim; empty = one modality
     modality_fusion: str = "concat"  # concat (then project) | tokens (one token per modality)
-    l2_normalize_input: bool = True
-    width: int = 256
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    decoder_width: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    qkv_bias: bool = True
-    dropout: float = 0.0
+    l2_normalize_input: bool = True  # L2-normalise each segment per modality (targets too)
+    width: int = 256  # encoder token width; inputs are linearly projected to it (identity if equal)
+    depth: int = 4  # encoder transformer blocks
+    heads: int = 4  # encoder attention heads; width / heads must be even (rotary pairs)
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio x block width (encoder and decoder)
+    decoder_width: int = 128  # decoder token width (the encoder output is linearly mapped to it)
+    decoder_depth: int = 2  # decoder transformer blocks (pretraining only; not exported)
+    decoder_heads: int = 4  # decoder attention heads; decoder_width / decoder_heads must be even
+    qkv_bias: bool = True  # bias in the fused q/k/v projection of every attention layer
+    dropout: float = 0.0  # in every block (attention weights, attention and MLP outputs); 0 = off
     loss: str = "mse"  # mse | cosine
-    norm_target: bool = False
+    norm_target: bool = False  # standardise each target segment per modality (MAE norm_pix_loss)
     attention: str = "sdpa"  # sdpa | xformers | math
     pack_sequences: bool = False  # varlen packing of ragged batches (one host sync per stack)
-    checkpoint_activations: bool = False
+    checkpoint_activations: bool = False  # recompute blocks in backward: less memory, more compute
     rope: RopeConfig = field(default_factory=RopeConfig)
 
 
