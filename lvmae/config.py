@@ -51,7 +51,7 @@ class SegmentConfig:
 class EncoderConfig:
     """Which frozen encoders turn segments into embeddings (one per modality)."""
 
-    vision: str = "efficientnet_lite0"  # efficientnet_lite0 | hf_clip | registered name; "" = none
+    vision: str | None = "efficientnet_lite0"  # efficientnet_lite0 | hf_clip | registered name; null = none
     audio: str | None = "logmel"  # logmel | a registered name; null = no audio features
     text: str | None = None  # minilm | hf_text (subtitles per segment); null = no text features
     image_size: int = 112  # side (px) of the square frames for vision encoders (hf_clip: its own)

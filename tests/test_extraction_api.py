@@ -252,3 +252,17 @@ def test_retry_under_another_shard_layout_wins(vdir, tmp_path):
     extract(d, out, cfg(retry_failed=True), progress=False)  # writes part-00000-of-00001
     s = FeatureStore.open(out)
     assert s.video_ids == ["a"] and s.failed == {}
+
+
+def test_audio_only_store(vdir, reference, tmp_path):
+    """``encoder.vision=null`` (YAML/CLI) keeps just the audio modality, rows equal to the two-modality run."""
+    from lvmae.config import load_config
+
+    enc = load_config(overrides=["extract.encoder.vision=null"]).extract.encoder
+    assert enc.vision is None
+    c = cfg()
+    c.encoder.vision = enc.vision
+    extract([vdir / "a.mp4", vdir / "c.avi"], tmp_path / "s", c, progress=False)
+    got, ref = features(tmp_path / "s"), features(reference[0])
+    assert FeatureStore.open(tmp_path / "s").modalities == ["audio"]
+    assert_same(got, {v: {"audio": ref[v]["audio"]} for v in got})

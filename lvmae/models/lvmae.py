@@ -4,7 +4,7 @@ Input ``x [B, L, in_dim]`` holds one embedding per segment (modalities concatena
 the last axis in a fixed order), ``valid [B, L]`` marks real segments (padding False).
 
 - Each segment is L2-normalised (per modality, optional) and projected to ``width``
-  (identity when ``in_dim == width``, as in the paper). Fusion ``concat`` makes one token
+  (identity when ``in_dim == width``). Fusion ``concat`` makes one token
   per segment; ``tokens`` one token per modality per segment (``T`` tokens, segment-major).
 - Encoder: [CLS] + the *visible* tokens only (gathered with ``ids_keep``; ``keep_valid``
   masks the batch's ragged tail), pre-LN blocks. Decoder: a linear map to
