@@ -136,6 +136,34 @@ def test_time_fn_warms_up_then_times():
     assert len(calls) == 7 and len(t["times_s"]) == 4 and t["min_s"] <= t["median_s"]
 
 
+def test_profile_counts_each_kernel_once_on_cuda():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def ev(key, device_ms, device=DeviceType.CPU, annotation=False, count=2):
+        return SimpleNamespace(key=key, count=count, self_device_time_total=device_ms * 1e3, self_cpu_time_total=1.0,
+                               device_type=device, is_user_annotation=annotation)
+
+    # kineto lists a kernel twice: in its operator's self device time and as a CUDA event of its own
+    events = [ev("aten::mm", 6.0), ev("sm90_gemm_kernel", 6.0, DeviceType.CUDA),
+              ev("aten::add", 2.0), ev("elementwise_kernel", 2.0, DeviceType.CUDA),
+              ev("Optimizer.step#AdamW.step", 8.0, DeviceType.CUDA, annotation=True), ev("aten::view", 0.0)]
+    got = bench_model.top_operators(events, cuda=True, steps=2)
+    assert got["total_ms_per_step"] == pytest.approx(4.0)
+    assert [t["op"] for t in got["top"]] == ["aten::mm", "aten::add"]
+    assert [t["share"] for t in got["top"]] == pytest.approx([0.75, 0.25])
+    assert got["top"][0]["self_ms_per_step"] == pytest.approx(3.0) and got["top"][0]["calls_per_step"] == 1
+    # the attributes exist on real profiler averages (a CPU profile has no device time)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    assert bench_model.top_operators(prof.key_averages(), cuda=True, steps=1)["top"] == []
+    host = bench_model.top_operators(prof.key_averages(), cuda=False, steps=1)
+    assert host["top"] and sum(t["share"] for t in host["top"]) <= 1 + 1e-9
+
+
 def test_make_batch_is_a_valid_reference_input():
     cfg = bench_model.load_bench_config(bench_model.parse_args(["--preset", "cpu-tiny"]))
     b = bench_model.make_batch(cfg, 5, 20, ragged=True, device=torch.device("cpu"))

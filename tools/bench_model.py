@@ -371,12 +371,28 @@ def profile_steps(v: Variant, ctx: Context, length: int, steps: int = 3, trace: 
         sync(ctx.device)
     if trace:
         prof.export_chrome_trace(trace)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
-    total = sum(getattr(e, key) for e in events) or 1.0
-    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:25]
     return {"variant": v.name, "length": length, "steps": steps, "time": "device" if cuda else "host",
-            "total_ms_per_step": total / 1e3 / steps,
+            **top_operators(prof.key_averages(), cuda, steps)}
+
+
+def top_operators(events: Any, cuda: bool, steps: int, n: int = 25) -> dict:
+    """``total_ms_per_step`` and the ``n`` operators with the most self time per step.
+
+    CUDA: an operator's self device time is the time of the kernels it launched itself.
+    The profiler also lists every kernel (and every ``record_function`` range mirrored on
+    the GPU timeline) as an event of its own, with the same time again, so only host-side
+    operator events count (else the total doubles and the kernels crowd the top list)."""
+    if cuda:
+        from torch.autograd import DeviceType
+
+        key = "self_device_time_total"
+        events = [e for e in events if e.device_type == DeviceType.CPU and not e.is_user_annotation]
+    else:
+        key = "self_cpu_time_total"
+    events = [e for e in events if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:n]
+    return {"total_ms_per_step": total / 1e3 / steps,
             "top": [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": getattr(e, key) / 1e3 / steps,
                      "share": getattr(e, key) / total} for e in top]}
 
