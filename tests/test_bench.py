@@ -164,6 +164,34 @@ def test_profile_counts_each_kernel_once_on_cuda():
     assert host["top"] and sum(t["share"] for t in host["top"]) <= 1 + 1e-9
 
 
+def test_a_deepspeed_variant_frees_its_memory_for_the_next(monkeypatch):
+    """ZeRO 1/2 hooks and ZeRO-3's globals would keep every engine (weights, flat buffers, AdamW
+    moments) alive: on a GPU, in every later variant's peak memory; ZeRO-3's F.linear patch would
+    change every later variant."""
+    import gc
+    import weakref
+
+    from lvmae.train.engine import LAUNCH_VARS
+
+    for k in LAUNCH_VARS:  # restored after the test (setup_distributed fills them in)
+        monkeypatch.delenv(k, raising=False)
+    args = bench_model.parse_args(["--preset", "cpu-tiny", "--threads", "1", "--warmup", "1", "--repeats", "1",
+                                   "model.depth=1", "model.decoder_depth=1"])
+    ctx, _ = bench_model.make_context(args)
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)  # restored even if the test fails
+    models = []
+    build = bench_model.build_model
+    monkeypatch.setattr(bench_model, "build_model", lambda *a: models.append(weakref.ref(m := build(*a))) or m)
+    for name in ("fast+bf16+zero1", "fast+bf16+zero2", "fast+bf16+zero3"):
+        r = bench_model.guarded(ctx.device, lambda name=name: bench_model.measure(
+            bench_model.parse_variant(name, "cpu"), ctx, 16))
+        assert r["status"] == "ok", r
+        gc.collect()
+        assert [ref() for ref in models] == [None] * len(models), name
+        assert torch.nn.functional.linear is linear, name  # ZeRO-3's process-wide patch is undone
+
+
 def test_make_batch_is_a_valid_reference_input():
     cfg = bench_model.load_bench_config(bench_model.parse_args(["--preset", "cpu-tiny"]))
     b = bench_model.make_batch(cfg, 5, 20, ragged=True, device=torch.device("cpu"))

@@ -52,8 +52,8 @@ from _bench import emit, hardware, log, now_utc, versions
 from bench_model import (
     PRESETS,
     Context,
-    build_engine_for,
     build_model,
+    engine_for,
     engine_inputs,
     load_bench_config,
     make_batch,
@@ -139,20 +139,20 @@ def measure(cfg: Any, variant: Any, device: Any, batch_size: int, blocks: tuple[
     model = build_model(cfg, variant, LVMAE(cfg.model).state_dict())
     ctx = Context(cfg=cfg, device=device, batch=batch_size, ragged=False, warmup=0, repeats=0, init_state={},
                   peak_flops=None, spec_flops=None)
-    engine = build_engine_for(model, variant, ctx)
-    inputs = engine_inputs(engine, batch)
-    extra = _tensor_bytes(inputs) if device.type == "cpu" else 0
-    peaks = []
-    for tracked in (False, True):  # the first step creates AdamW's moments
-        with _Peak(device, engine) if tracked else _NoPeak() as fb:
-            out = engine.forward(inputs["x"], inputs["valid"], inputs["masks"], scale=inputs["scale"])
-            fwd = fb.current()
-            engine.backward(out["loss"])
-            del out
-        with _Peak(device, engine) if tracked else _NoPeak() as opt:
-            engine.step()
-        peaks = [fwd + extra, fb.bytes + extra, opt.bytes + extra]
-    del engine, model, inputs, batch
+    with engine_for(model, variant, ctx) as engine:
+        inputs = engine_inputs(engine, batch)
+        extra = _tensor_bytes(inputs) if device.type == "cpu" else 0
+        peaks = []
+        for tracked in (False, True):  # the first step creates AdamW's moments
+            with _Peak(device, engine) if tracked else _NoPeak() as fb:
+                out = engine.forward(inputs["x"], inputs["valid"], inputs["masks"], scale=inputs["scale"])
+                fwd = fb.current()
+                engine.backward(out["loss"])
+                del out
+            with _Peak(device, engine) if tracked else _NoPeak() as opt:
+                engine.step()
+            peaks = [fwd + extra, fb.bytes + extra, opt.bytes + extra]
+    del engine, model, inputs, batch, fb, opt
     return {"enc_blocks": e, "dec_blocks": d, "segments": n, "fwd_end_bytes": peaks[0], "fb_bytes": peaks[1],
             "opt_bytes": peaks[2]}
 

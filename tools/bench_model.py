@@ -32,11 +32,12 @@ the top operators of a few profiled steps. JSON goes to stdout (and ``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,60 @@ def build_engine_for(model: Any, v: Variant, ctx: Context) -> Any:
     return engine
 
 
+@contextlib.contextmanager
+def engine_for(model: Any, v: Variant, ctx: Context) -> Iterator[Any]:
+    """:func:`build_engine_for` inside the block, released after it (see :func:`release_engine`)."""
+    engine = build_engine_for(model, v, ctx)
+    try:
+        yield engine
+    finally:
+        release_engine(engine)
+
+
+def release_engine(engine: Any) -> None:
+    """Let a DeepSpeed engine's memory go with its last reference.
+
+    ZeRO 1/2 keep gradient hooks on autograd nodes whose closures hold the optimizer (a
+    cycle through C++ that ``gc`` cannot break); ZeRO-3 also pushes the module onto
+    DeepSpeed's global ``FWD_MODULE_STACK`` for good and memoises submodules in a class-level
+    ``lru_cache``. Without this, every ZeRO variant's weights, flat buffers and AdamW
+    moments stay allocated, in the next variant's peak memory. ZeRO-3 also swaps
+    ``torch.nn.functional.linear`` for its own autograd function process-wide ("until
+    manually reset"), which would change every later variant's memory and speed: the
+    original is put back. A torch engine needs nothing. (The ZeRO-3 globals are DeepSpeed
+    internals: where a version lacks them, nothing is done.)"""
+    ds = getattr(engine, "ds", None)
+    if ds is None:
+        return
+    try:
+        ds.destroy()
+    except Exception as e:  # teardown must not cost the variant its figures
+        log(f"DeepSpeed engine destroy failed ({type(e).__name__}: {e}); its memory may stay allocated")
+    with contextlib.suppress(ImportError, AttributeError, ValueError):
+        from deepspeed.runtime.zero import parameter_offload
+
+        while ds.module in parameter_offload.FWD_MODULE_STACK:
+            parameter_offload.FWD_MODULE_STACK.remove(ds.module)
+    with contextlib.suppress(ImportError, AttributeError):
+        from deepspeed.runtime.zero.partitioned_param_coordinator import (
+            PartitionedParameterCoordinator as ppc,
+        )
+
+        fn = ppc._PartitionedParameterCoordinator__params_to_release  # lru_cache under an NVTX wrapper
+        for f in (fn, *(c.cell_contents for c in fn.__closure__ or ())):
+            if hasattr(f, "cache_clear"):
+                f.cache_clear()  # memoisation only: a live ZeRO-3 engine just recomputes
+    with contextlib.suppress(ImportError, AttributeError):
+        import torch
+        from deepspeed.runtime.zero.linear import zero3_linear_wrap
+        from deepspeed.runtime.zero.partition_parameters import (
+            InsertPostInitMethodToModuleSubClasses as patcher,
+        )
+
+        if torch.nn.functional.linear is zero3_linear_wrap:
+            torch.nn.functional.linear = patcher.linear_bk
+
+
 def train_step(engine: Any, inputs: dict) -> Any:
     """Forward, backward, clip, AdamW: one optimizer step. Returns the loss (detached)."""
     out = engine.forward(inputs["x"], inputs["valid"], inputs["masks"], scale=inputs["scale"])
@@ -242,19 +297,19 @@ def measure(v: Variant, ctx: Context, length: int) -> dict:
     batch = batch_for(ctx, length)
     model = build_model(ctx.cfg, v, ctx.init_state)
     reset_peak_memory(ctx.device)
-    engine = build_engine_for(model, v, ctx)
-    inputs = engine_inputs(engine, batch)
-    tic = time.perf_counter()
-    first_loss = float(train_step(engine, inputs))  # same weights and batch for every variant
-    sync(ctx.device)
-    first_s = time.perf_counter() - tic
-    t = time_fn(lambda: train_step(engine, inputs), ctx.device, max(0, ctx.warmup - 1), ctx.repeats)
+    with engine_for(model, v, ctx) as engine:
+        inputs = engine_inputs(engine, batch)
+        tic = time.perf_counter()
+        first_loss = float(train_step(engine, inputs))  # same weights and batch for every variant
+        sync(ctx.device)
+        first_s = time.perf_counter() - tic
+        t = time_fn(lambda: train_step(engine, inputs), ctx.device, max(0, ctx.warmup - 1), ctx.repeats)
+        peak = peak_memory(ctx.device)
     sec, counts = t["median_s"], batch["counts"]
     return {"step_ms": sec * 1e3, "step_ms_min": t["min_s"] * 1e3, "steps_timed": len(t["times_s"]),
             "first_step_s": first_s, "segments_per_s": sum(counts["valid"]) / sec,
             "sequences_per_s": len(counts["valid"]) / sec,
-            **flop_figures(model.cfg, v, counts, length, sec, ctx), **peak_memory(ctx.device),
-            "first_loss": first_loss}
+            **flop_figures(model.cfg, v, counts, length, sec, ctx), **peak, "first_loss": first_loss}
 
 
 def guarded(device: Any, fn: Callable[[], dict]) -> dict:
@@ -336,18 +391,18 @@ def data_share(v: Variant, ctx: Context, length: int, steps: int, workers: int) 
                                    min_len=2 if ctx.ragged else length, num_workers=workers)
         scales = cfg.model.rope.train_scales if cfg.model.rope.kind == "hope" else []
         stream = build_stream(data, cfg.masking, scales, ctx.batch, pin_memory=ctx.device.type == "cuda")
-        engine = build_engine_for(build_model(cfg, v, ctx.init_state), v, ctx)
         waits, totals = [], []
-        for i in range(ctx.warmup + steps):
-            sync(ctx.device)
-            t0 = time.perf_counter()
-            b = to_device(next(stream), ctx.device, engine.input_dtype)
-            t1 = time.perf_counter()
-            train_step(engine, b)
-            sync(ctx.device)
-            if i >= ctx.warmup:
-                waits.append(t1 - t0)
-                totals.append(time.perf_counter() - t0)
+        with engine_for(build_model(cfg, v, ctx.init_state), v, ctx) as engine:
+            for i in range(ctx.warmup + steps):
+                sync(ctx.device)
+                t0 = time.perf_counter()
+                b = to_device(next(stream), ctx.device, engine.input_dtype)
+                t1 = time.perf_counter()
+                train_step(engine, b)
+                sync(ctx.device)
+                if i >= ctx.warmup:
+                    waits.append(t1 - t0)
+                    totals.append(time.perf_counter() - t0)
         del stream  # stops persistent workers
     return {"variant": v.name, "length": length, "workers": workers, "steps": steps,
             "step_ms": statistics.median(totals) * 1e3, "wait_ms": statistics.median(waits) * 1e3,
@@ -359,16 +414,16 @@ def profile_steps(v: Variant, ctx: Context, length: int, steps: int = 3, trace: 
     self time on the device (CUDA) or the host (CPU), per step, with their share."""
     from torch.profiler import ProfilerActivity, profile
 
-    engine = build_engine_for(build_model(ctx.cfg, v, ctx.init_state), v, ctx)
-    inputs = engine_inputs(engine, batch_for(ctx, length))
-    for _ in range(2):
-        train_step(engine, inputs)
     cuda = ctx.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
+    with engine_for(build_model(ctx.cfg, v, ctx.init_state), v, ctx) as engine:
+        inputs = engine_inputs(engine, batch_for(ctx, length))
+        for _ in range(2):
             train_step(engine, inputs)
-        sync(ctx.device)
+        with profile(activities=acts) as prof:
+            for _ in range(steps):
+                train_step(engine, inputs)
+            sync(ctx.device)
     if trace:
         prof.export_chrome_trace(trace)
     return {"variant": v.name, "length": length, "steps": steps, "time": "device" if cuda else "host",
