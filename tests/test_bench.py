@@ -258,3 +258,27 @@ def test_memory_fit_predicts_a_deeper_longer_model():
     assert 0 < pred[256]["peak_gib"] < pred[4096]["peak_gib"]
     assert res["coefficients"]["encoder_block_bytes_per_segment"] > 0
     assert res["longest_fit_segments"] > 0
+
+
+def test_memory_check_that_runs_out_of_memory_is_reported_not_fatal(monkeypatch):
+    """An OOM at a ``--check`` point (the fit said it fits) is recorded and rendered; the fit survives."""
+    import bench_memory
+
+    truth = bench_memory.MemoryModel(fb=[5e6, 300.0, 2e6, 900.0, 1e6, 400.0], opt=[4e6, 3e6, 1e6])
+
+    def fake_measure(cfg, v, device, batch, blocks, n):
+        if blocks == (32, 8):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        p = truth.predict(*blocks, n)
+        return {"enc_blocks": blocks[0], "dec_blocks": blocks[1], "segments": n,
+                "fb_bytes": p["fb_gib"] * 2**30, "opt_bytes": p["opt_gib"] * 2**30}
+
+    monkeypatch.setattr(bench_memory, "measure", fake_measure)
+    args = bench_memory.parse_args(["--preset", "cpu-tiny", "--variants", "fast", "--fit-lengths", "64", "128",
+                                    "--check", "3,2,512", "32,8,4096", "--lengths", "256"])
+    doc = bench_memory.run(args)
+    ok, oom = doc["variants"]["fast"]["checks"]
+    assert ok["status"] == "ok" and abs(ok["rel_error"]) < 1e-6
+    assert oom["status"] == "oom" and "measured_gib" not in oom and oom["predicted_gib"] > 0
+    table = bench_memory.render_table(doc)
+    assert "| fast | 32+8, 4,096 | oom |" in table and "| fast | 3+2, 512 | " in table

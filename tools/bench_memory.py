@@ -55,6 +55,7 @@ from bench_model import (
     build_model,
     engine_for,
     engine_inputs,
+    guarded,
     load_bench_config,
     make_batch,
     parse_variant,
@@ -269,11 +270,14 @@ def run(args: argparse.Namespace) -> dict:
         checks = []
         for e, d, n in args.check:
             log(f"{name}: check {e},{d},{n}")
-            got = measure(cfg, v, device, args.batch, (e, d), n)
+            # an OOM where the fit says "fits" is a finding, not a crash that loses the fit
+            got = guarded(device, lambda e=e, d=d, n=n, v=v: measure(cfg, v, device, args.batch, (e, d), n))
             want = model.predict(e, d, n)
-            measured = max(got["fb_bytes"], got["opt_bytes"]) / GIB
-            checks.append({**got, "measured_gib": measured, "predicted_gib": want["peak_gib"],
-                           "rel_error": want["peak_gib"] / measured - 1})
+            check = {"enc_blocks": e, "dec_blocks": d, "segments": n, **got, "predicted_gib": want["peak_gib"]}
+            if got["status"] == "ok":
+                check["measured_gib"] = max(got["fb_bytes"], got["opt_bytes"]) / GIB
+                check["rel_error"] = want["peak_gib"] / check["measured_gib"] - 1
+            checks.append(check)
         predicted = {n: model.predict(depth, dec_depth, n) for n in args.lengths}
         results[name] = {"fit": rows, "coefficients": model.describe(), "checks": checks, "predicted": predicted,
                          "longest_fit_segments": longest_fit(model, depth, dec_depth, budget)}
@@ -300,8 +304,10 @@ def render_table(doc: dict) -> str:
     lines.append("|---|---|---:|---:|---:|")
     for name in names:
         for c in doc["variants"][name]["checks"]:
+            ok = c.get("status", "ok") == "ok"
+            measured, err = (f"{c['measured_gib']:.2f}", f"{c['rel_error']:+.1%}") if ok else (c["status"], "")
             lines.append(f"| {name} | {c['enc_blocks']}+{c['dec_blocks']}, {c['segments']:,} | "
-                         f"{c['measured_gib']:.2f} | {c['predicted_gib']:.2f} | {c['rel_error']:+.1%} |")
+                         f"{measured} | {c['predicted_gib']:.2f} | {err} |")
     return "\n".join(lines)
 
 
