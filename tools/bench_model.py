@@ -375,7 +375,8 @@ def summarise(results: dict[str, dict[str, dict]], baseline: str) -> dict[str, d
 
 def data_share(v: Variant, ctx: Context, length: int, steps: int, workers: int) -> dict:
     """Train ``v`` from ``build_stream`` over a generated feature store and time, per step,
-    the host's wait for the next batch (loader + copy to the device) against the whole step.
+    the host's wait for the next batch against the whole step. On CUDA the pinned copy to
+    the device is only queued there (non-blocking), so it counts in the step, as in training.
 
     The loop syncs at every step end (the real loop's finite-loss check does too), so the
     device idles exactly while the host waits: ``data_share`` is the device's idle share."""
