@@ -275,8 +275,10 @@ def test_effective_lr_is_logged_and_an_absolute_lr_overrides_scaling(store, tmp_
     assert s["peak_lr"] == pytest.approx(0.128 * 4 / 256)
     assert "peak LR 2.00e-03 = optim.base_lr 0.128 x global batch 4 / 256" in caplog.text
     assert "optim.warmup_steps (2) >= train.steps (2)" in caplog.text  # a schedule that never decays
+    assert "zero_stage" not in caplog.text
     s = pretrain(tiny(store, tmp_path / "abs", "train.steps=2", "train.export=false", "train.plot=false",
-                      "optim.lr=0.01"))
+                      "optim.lr=0.01", "deepspeed.zero_stage=2"))
+    assert "deepspeed.zero_stage=2 is ignored by deepspeed.engine=torch" in caplog.text
     assert s["peak_lr"] == 0.01 and "peak LR 1.00e-02 = optim.lr" in caplog.text
     assert read_metrics(tmp_path / "abs" / "metrics.jsonl")[-1]["train/lr"] == pytest.approx(0.01)  # warmup end
     with pytest.raises(ConfigError, match="optim.lr"):

@@ -111,6 +111,9 @@ def _log_schedule(run: _Run, rule: str) -> None:
     if o.warmup_steps >= steps:
         log.warning("optim.warmup_steps (%d) >= train.steps (%d): the LR never decays (nor reaches its peak "
                     "before the last step)", o.warmup_steps, steps)
+    if e.name == "torch" and run.cfg.deepspeed.zero_stage > 0:  # multi-rank torch runs refuse it instead
+        log.warning("deepspeed.zero_stage=%d is ignored by deepspeed.engine=torch (one rank: plain AdamW)",
+                    run.cfg.deepspeed.zero_stage)
 
 
 PLAN_KEYS = ("stores", "weights", "modalities", "min_len", "max_len", "short_policy", "bucket_by_length",
