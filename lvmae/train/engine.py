@@ -110,7 +110,8 @@ def _skip_shm_op(deepspeed: Any) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only (>= 2-D: linear/attention weights); none on biases, norms, tokens of 1-D."""
+    """Weight decay on >= 2-D parameters (linear weights, and the [CLS]/mask tokens and modality
+    embeddings, as in MAE's recipe); none on 1-D ones (biases, norms)."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
