@@ -19,6 +19,8 @@ from typing import Any
 from lvmae.errors import ConfigError
 from lvmae.models.config import ModelConfig, RopeConfig, check_model_config  # noqa: F401  (re-exported)
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class RunConfig:
@@ -167,6 +169,9 @@ class TrainConfig:
     export: bool = True  # write the encoder to RUN/export at the end
     plot: bool = True  # loss / retrieval curves to RUN/curves.png at the end
     compile: bool = False  # torch.compile the model (torch engine only; first steps slow while it compiles)
+    # torch.compile mode: default | reduce-overhead (CUDA graphs: no launch overhead, but one
+    # graph per batch shape: fixed lengths only) | max-autotune | max-autotune-no-cudagraphs.
+    compile_mode: str = "default"
 
 
 @dataclass
@@ -314,6 +319,7 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(cfg.optim.warmup_steps >= 0 and cfg.optim.base_lr > 0, "optim.base_lr must be > 0, optim.warmup_steps >= 0")
     _check(cfg.optim.lr is None or cfg.optim.lr > 0, f"optim.lr must be > 0 or null, got {cfg.optim.lr}")
     _check(not t.compile or ds.engine == "torch", "train.compile needs deepspeed.engine=torch (untested under DeepSpeed)")
+    _check(t.compile_mode in COMPILE_MODES, f"train.compile_mode must be one of {COMPILE_MODES}, got {t.compile_mode!r}")
 
 
 def load_config(

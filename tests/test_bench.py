@@ -68,8 +68,12 @@ def test_variant_names():
     assert bench_model.parse_variant("reference", "cuda").precision == "fp16"  # the public code's autocast
     assert bench_model.parse_variant("fast", "cpu").precision == "fp32"
     assert bench_model.parse_variant("fast+bf16+zero2", "cpu").zero == 2
+    g = bench_model.parse_variant("fast+bf16+fused+cudagraphs", "cuda")
+    assert (g.compile, g.compile_mode) == (True, "reduce-overhead")
+    assert bench_model.parse_variant("fast+compile", "cpu").compile_mode == "default"
     for bad, msg in [("slow", "must start"), ("fast+turbo", "unknown modifier"), ("reference+packed", "only a precision"),
-                     ("fast+zero1+compile", "own optimizer"), ("fast+fp16+zero2", "no fp16 on CPU")]:
+                     ("fast+zero1+compile", "own optimizer"),
+                     ("fast+zero1+cudagraphs", "own optimizer"), ("fast+fp16+zero2", "no fp16 on CPU")]:
         with pytest.raises(LvmaeError, match=msg):
             bench_model.parse_variant(bad, "cpu")
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Issue 8's GPU figures, paper-size LV-MAE, one JSON file per part (each part < 10 min on an H100):
-#   tools/bench_gpu.sh OUT_DIR [main|long|ragged|zero|memory|all]      (default: all)
+#   tools/bench_gpu.sh OUT_DIR [main|long|ragged|zero|memory|graphs|all]      (default: all)
 # main:   16 x 256: reference, fast, +bf16, +fused AdamW, +packed, +compile, +ckpt; data-loader
 #         share; profile of the fast bf16 step (top ops + chrome trace)
 # long:   batch 1, 4,096 .. 65,536 segments: longest sequence that fits, speed-up at each length
 # ragged: 16 x 256 with lengths uniform in [2, 256] (padding): what varlen packing saves
 # zero:   DeepSpeed ZeRO 0-3 through the project's engine against the torch engine
+# graphs: 16 x 256: torch.compile's default mode against reduce-overhead (CUDA graphs: is the
+#         eager step bound by kernel launches? ~3,800 non-view aten ops per forward+backward at
+#         paper depth under bf16 autocast, counted on CPU)
 # memory: the memory fit of tools/bench_memory.py on the GPU, checked against the full paper-size
 #         model at 32,768 segments (and 3+2 blocks at 12,288): predicted vs allocator peak
 # EXTRA="..." is appended to every command (later flags win), e.g. a CPU smoke run:
 #   EXTRA="--preset cpu-tiny --device cpu --threads 1 --length 32 64" tools/bench_gpu.sh /tmp/b
 set -euo pipefail
-out=${1:?usage: tools/bench_gpu.sh OUT_DIR [main|long|ragged|zero|memory|all]}
+out=${1:?usage: tools/bench_gpu.sh OUT_DIR [main|long|ragged|zero|memory|graphs|all]}
 part=${2:-all}
 py=${PYTHON:-python}
 cd "$(dirname "$0")/.."
@@ -32,6 +35,10 @@ if [[ $part == ragged || $part == all ]]; then
 fi
 if [[ $part == zero || $part == all ]]; then
   bench --no-data --variants fast+bf16 --zero 0 1 2 3 --out "$out/zero_16x256.json" >/dev/null
+fi
+if [[ $part == graphs || $part == all ]]; then
+  bench --no-data --variants reference "$fast" "$fast+compile" "$fast+cudagraphs" --out "$out/graphs_16x256.json" \
+    >/dev/null
 fi
 if [[ $part == memory || $part == all ]]; then
   # shellcheck disable=SC2086

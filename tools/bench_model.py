@@ -14,7 +14,8 @@ tokens, explicit float32 attention, per-sequence decoder loop: the public LV-MAE
 structure) or ``fast`` (:class:`~lvmae.models.lvmae.LVMAE`: encoder on visible tokens only,
 SDPA), then modifiers: ``bf16``/``fp16``/``fp32`` (autocast; default: fp16 on CUDA like the
 public code, fp32 on CPU), ``fused`` (fused AdamW), ``packed`` (varlen packing),
-``compile`` (torch.compile), ``ckpt`` (activation checkpointing), ``xformers``/``math``
+``compile`` (torch.compile), ``cudagraphs`` (torch.compile's reduce-overhead mode: the
+step's kernels replayed as CUDA graphs), ``ckpt`` (activation checkpointing), ``xformers``/``math``
 (attention backend), ``zero0``..``zero3`` (DeepSpeed ZeRO stage; its own torch AdamW).
 
 Per variant and length: step time (median of ``--repeats`` after ``--warmup``), segments/s,
@@ -80,6 +81,7 @@ class Variant:
     fused: bool = False
     packed: bool = False
     compile: bool = False
+    compile_mode: str = "default"
     ckpt: bool = False
     attention: str = "sdpa"
     zero: int | None = None
@@ -99,13 +101,15 @@ def parse_variant(name: str, device_type: str) -> Variant:
             kw["precision"] = m
         elif m in flags:
             kw[m] = True
+        elif m == "cudagraphs":
+            kw.update(compile=True, compile_mode="reduce-overhead")
         elif m in ("xformers", "math"):
             kw["attention"] = m
         elif m in ("zero0", "zero1", "zero2", "zero3"):
             kw["zero"] = int(m[-1])
         else:
-            raise LvmaeError(f"variant {name!r}: unknown modifier {m!r} (known: {sorted(flags)}, {list(PRECISIONS)}, "
-                             "xformers, math, zero0..zero3)")
+            raise LvmaeError(f"variant {name!r}: unknown modifier {m!r} (known: {sorted(flags)}, cudagraphs, "
+                             f"{list(PRECISIONS)}, xformers, math, zero0..zero3)")
     if base == "reference" and set(kw) - {"precision"}:
         raise LvmaeError(f"variant {name!r}: the reference takes only a precision")
     if kw.get("zero") is not None and (kw.get("compile") or kw.get("fused")):
@@ -182,7 +186,8 @@ def build_engine_for(model: Any, v: Variant, ctx: Context) -> Any:
     ds = dataclasses.replace(ctx.cfg.deepspeed, engine="torch" if v.zero is None else "deepspeed",
                              precision=v.precision, zero_stage=v.zero or 0, micro_batch=ctx.batch, grad_accum=1)
     cfg = dataclasses.replace(ctx.cfg, deepspeed=ds, run=dataclasses.replace(ctx.cfg.run, device=ctx.device.type),
-                              train=dataclasses.replace(ctx.cfg.train, compile=v.compile))
+                              train=dataclasses.replace(ctx.cfg.train, compile=v.compile,
+                                                         compile_mode=v.compile_mode))
     dist = DistInfo(0, 1, 0, ctx.device) if v.zero is None else setup_distributed(cfg)
     engine = build_engine(model, cfg, dist)
     if v.zero is None:

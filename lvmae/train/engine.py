@@ -224,12 +224,21 @@ class TorchEngine(_EngineBase):
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.input_dtype = None
         # the compiled wrapper shares the parameters; self.model stays plain so checkpoints keep their keys
-        self.run_model = torch.compile(self.model) if cfg.train.compile else self.model
+        mode = cfg.train.compile_mode
+        self.run_model = self.model
+        if cfg.train.compile:
+            self.run_model = torch.compile(self.model, mode=None if mode == "default" else mode)
+        # CUDA graph outputs live in a pool the next step overwrites; the loop keeps losses across steps
+        self.graph_outputs = (cfg.train.compile and self.device.type == "cuda"
+                              and mode in ("reduce-overhead", "max-autotune"))
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         dtype = DTYPES[self.precision]
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return self.run_model(*args, **kwargs)
+            out = self.run_model(*args, **kwargs)
+        if self.graph_outputs:
+            out = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        return out
 
     def backward(self, loss: torch.Tensor) -> None:
         loss = loss / self.grad_accum
