@@ -51,6 +51,15 @@ def test_compile_mode_reaches_torch_compile_and_graph_outputs_are_copied(monkeyp
         torch.testing.assert_close(out[k], raw[k])
     engine.backward(out["loss"])
     assert all(p.grad is not None for p in engine.model.encoder.parameters())
+    # gradient accumulation: the first backward's .grad (a graph output on CUDA, freed by the next
+    # replay) is copied out before the next forward, and the second backward adds into the copy
+    first = {n: p.grad for n, p in engine.model.named_parameters() if p.grad is not None}
+    want = {n: 2 * t.clone() for n, t in first.items()}
+    engine.backward(engine.forward(x, valid, masks, scale=1.0)["loss"])
+    for n, p in engine.model.named_parameters():
+        if n in first:
+            assert p.grad.data_ptr() != first[n].data_ptr()
+            torch.testing.assert_close(p.grad, want[n])
 
 
 def test_compiled_engine_wraps_the_same_module():

@@ -228,11 +228,18 @@ class TorchEngine(_EngineBase):
         self.run_model = self.model
         if cfg.train.compile:
             self.run_model = torch.compile(self.model, mode=None if mode == "default" else mode)
-        # CUDA graph outputs live in a pool the next step overwrites; the loop keeps losses across steps
+        # CUDA graph outputs live in a pool the next forward's replay overwrites: forward copies them out
         self.graph_outputs = (cfg.train.compile and self.device.type == "cuda"
                               and mode in ("reduce-overhead", "max-autotune"))
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self.graph_outputs:
+            # grad_accum > 1: the first backward's gradients are graph outputs that autograd keeps as
+            # .grad; this forward frees the pool they live in (and the next backward would add into
+            # it), so they are copied out first. With set_to_none there are none at a step's start.
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
         dtype = DTYPES[self.precision]
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = self.run_model(*args, **kwargs)
