@@ -310,3 +310,28 @@ def test_resume_warns_when_data_order_or_schedule_changes(store, tmp_path, caplo
     pretrain(tiny(store, out, "train.steps=4", "train.export=false", "train.plot=false", "train.resume=true",
                   "run.seed=3", "data.max_len=12"))
     assert "was" not in caplog.text  # nothing changed since the last checkpoint
+
+
+@pytest.mark.parametrize("zero", [0, 2, 3])
+def test_deepspeed_steps_a_fused_adamw_like_the_plain_one(store, tmp_path, monkeypatch, launch_env, zero):
+    """On CUDA the DeepSpeed engine hands DeepSpeed a fused torch AdamW, as the torch engine uses; DeepSpeed
+    steps it on its own flat fp32 (bf16 master) partitions. The fused kernel exists on CPU too: same weights."""
+    import lvmae.train.engine as engine
+
+    real, used = engine.make_optimizer, []
+
+    def make(model, optim, fused=False, force=False):
+        opt = real(model, optim, fused=force)
+        used.append(opt.defaults["fused"])
+        return opt
+
+    for force in (False, True):
+        monkeypatch.setattr(engine, "make_optimizer", lambda m, o, fused=False, f=force: make(m, o, force=f))
+        pretrain(tiny(store, tmp_path / str(force), "deepspeed.engine=deepspeed", f"deepspeed.zero_stage={zero}",
+                      "deepspeed.precision=bf16", "train.steps=4", "train.save_every=2", "train.export=false",
+                      "train.plot=false"))
+    assert used == [None, True]
+    moved = weights(tmp_path / "True" / "checkpoints" / "step_00000002")
+    assert any(not torch.equal(v, moved[k]) for k, v in weights(tmp_path / "True" / "checkpoints" / "step_00000004").items())
+    assert_same_weights(tmp_path / "False" / "checkpoints" / "step_00000004",
+                        tmp_path / "True" / "checkpoints" / "step_00000004", atol=1e-5)

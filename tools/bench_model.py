@@ -16,7 +16,7 @@ SDPA), then modifiers: ``bf16``/``fp16``/``fp32`` (autocast; default: fp16 on CU
 public code, fp32 on CPU), ``fused`` (fused AdamW), ``packed`` (varlen packing),
 ``compile`` (torch.compile), ``cudagraphs`` (torch.compile's reduce-overhead mode: the
 step's kernels replayed as CUDA graphs), ``ckpt`` (activation checkpointing), ``xformers``/``math``
-(attention backend), ``zero0``..``zero3`` (DeepSpeed ZeRO stage; its own torch AdamW).
+(attention backend), ``zero0``..``zero3`` (DeepSpeed ZeRO stage; the engine's torch AdamW, fused on CUDA).
 
 Per variant and length: step time (median of ``--repeats`` after ``--warmup``), segments/s,
 sequences/s, model FLOPs per step (:mod:`lvmae.models.flops`) and MFU against the bf16
