@@ -335,3 +335,8 @@ def test_deepspeed_steps_a_fused_adamw_like_the_plain_one(store, tmp_path, monke
     assert any(not torch.equal(v, moved[k]) for k, v in weights(tmp_path / "True" / "checkpoints" / "step_00000004").items())
     assert_same_weights(tmp_path / "False" / "checkpoints" / "step_00000004",
                         tmp_path / "True" / "checkpoints" / "step_00000004", atol=1e-5)
+    # the fused optimizer's state (its step counters live on the parameters' device) resumes
+    s = pretrain(tiny(store, tmp_path / "True", "deepspeed.engine=deepspeed", f"deepspeed.zero_stage={zero}",
+                      "deepspeed.precision=bf16", "train.steps=6", "train.save_every=2", "train.export=false",
+                      "train.plot=false", "train.resume=true"))
+    assert s["steps"] == 6 and used[-1] is True
