@@ -308,6 +308,11 @@ def _save(run: _Run) -> Path:
     return run.ckpt.save(run.engine, run.step, _trainer_state(run))
 
 
+def _due(step: int, every: int, last: int) -> bool:
+    """Whether an every-``every``-steps action (log, checkpoint) happens after ``step`` (always after the last)."""
+    return step % every == 0 or step == last
+
+
 def _train(run: _Run, logger: MetricsLogger) -> dict[str, float]:
     """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``save_every`` and at the end."""
     from tqdm import tqdm
@@ -320,14 +325,12 @@ def _train(run: _Run, logger: MetricsLogger) -> dict[str, float]:
     tic = time.perf_counter()
     try:
         while run.step < t.steps:
-            logs_next = (run.step + 1) % t.log_every == 0 or run.step + 1 == t.steps
-            window.append(_train_step(run, retrieval=logs_next))
+            window.append(_train_step(run, retrieval=_due(run.step + 1, t.log_every, t.steps)))
             bar.update(1)
-            log = run.step % t.log_every == 0 or run.step == t.steps
-            save = run.step % t.save_every == 0 or run.step == t.steps
-            if log or save:
+            logs, save = _due(run.step, t.log_every, t.steps), _due(run.step, t.save_every, t.steps)
+            if logs or save:
                 rows = _fetch(run, window)  # raises before a non-finite step is logged or saved
-            if log:
+            if logs:
                 scalars = _log_scalars(run, window, rows, time.perf_counter() - tic)
                 logger.log(run.step, scalars)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", lr=f"{scalars['train/lr']:.2e}",
