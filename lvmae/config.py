@@ -366,7 +366,7 @@ def _culprit(merged: Any, overrides: Sequence[str]) -> str:
 
 def _check_overrides(overrides: Sequence[str]) -> None:
     """``key=value`` shape, and no value for a whole section (OmegaConf's message names no key)."""
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    sections = {f.name for f in dataclasses.fields(Config)}
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not of the form key=value")

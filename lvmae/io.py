@@ -62,6 +62,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` (no newline) plus a newline to a JSONL-style log, durably (fsync).
+
+    A writer killed mid-line leaves a torn last line; the new record then starts on a
+    line of its own, so readers lose only the torn one (they skip lines they cannot parse).
+    """
+    data = (line + "\n").encode("utf-8")
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                data = b"\n" + data
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def tmp_owner() -> str:
     """``HOST-PID`` of this process, as written into its temp file names."""
     return f"{_HOST}-{os.getpid()}"

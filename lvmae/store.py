@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lvmae.errors import DataError
-from lvmae.io import atomic_write, atomic_write_json, remove_orphans
+from lvmae.io import append_line, atomic_write, atomic_write_json, remove_orphans
 
 FORMAT_VERSION = 1
 OK, FAILED = "ok", "failed"
@@ -208,15 +208,7 @@ class StoreWriter:
 
     def _append(self, rec: dict[str, Any]) -> None:
         rec = {**rec, "config_hash": self.store.config_hash, "time": time.time()}
-        line = (json.dumps(rec, sort_keys=True, default=str) + "\n").encode("utf-8")
-        with open(self.part, "a+b") as f:
-            if f.tell() > 0:  # a killed writer may have left a torn last line: start a new one
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    line = b"\n" + line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.part, json.dumps(rec, sort_keys=True, default=str))
         self.store._merge(rec)
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from torch import nn
 from lvmae.benchmarks import CLASSIFICATION, MatchedTask, load_labels, match_to_store
 from lvmae.config import Config, save_config
 from lvmae.errors import ConfigError, DataError
-from lvmae.io import atomic_write_json
+from lvmae.io import append_line, atomic_write_json
 from lvmae.probe.bank import SequenceBank, load_bank, pooled_bank
 from lvmae.probe.encoder import (
     cache_key,
@@ -67,23 +66,16 @@ class _Progress:
         self.path, self.done = path, {}
         if not path.is_file():
             return
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # torn last line of a killed run: cut it, or the next record joins it
-            data = data[: data.rfind(b"\n") + 1]
-            os.truncate(path, len(data))
-        for line in data.decode("utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                continue  # torn last line of a killed run (append_line starts the next record afresh)
             self.done[(rec["fingerprint"], rec["key"])] = rec["result"]
 
     def add(self, fingerprint: str, key: str, result: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"fingerprint": fingerprint, "key": key, "result": result}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, json.dumps({"fingerprint": fingerprint, "key": key, "result": result}))
         self.done[(fingerprint, key)] = result
 
 
