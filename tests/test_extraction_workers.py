@@ -8,7 +8,7 @@ import time
 from videos import make_video
 
 from lvmae.extraction.video import DecodeSpec
-from lvmae.extraction.workers import DecodePool
+from lvmae.extraction.workers import decode_pool
 
 
 def drain(pool, jobs, deadline_s=60.0):
@@ -32,7 +32,7 @@ def test_killed_decoder_process_fails_only_its_video(tmp_path):
     short = make_video(tmp_path / "short.mp4", seconds=8)
     # 8 frames of 112 px: a segment message is larger than a pipe buffer, so the worker is
     # killed in the middle of sending one (the case that used to hang the whole run)
-    pool = DecodePool([(0, str(long)), (1, str(short))], DecodeSpec(image_size=112), workers=1, backend="process")
+    pool = decode_pool([(0, str(long)), (1, str(short))], DecodeSpec(image_size=112), workers=1, backend="process")
     try:
         assert pool.get(timeout=60)[:2] == ("start", 0)
         time.sleep(0.3)

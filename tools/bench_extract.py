@@ -95,11 +95,11 @@ def make_videos(d: Path, n: int, seconds: float, size: tuple[int, int], fps: int
 
 def bench_decode(paths: list[Path], ex) -> dict:
     """The decode workers alone: segments/s with the extractor's spec, workers and queue."""
-    from lvmae.extraction.workers import DecodePool
+    from lvmae.extraction.workers import decode_pool
 
     cfg = ex.cfg
     t0, cpu0 = time.perf_counter(), time.process_time()
-    pool = DecodePool([(i, str(p)) for i, p in enumerate(paths)], ex.spec, ex.decode_workers,
+    pool = decode_pool([(i, str(p)) for i, p in enumerate(paths)], ex.spec, ex.decode_workers,
                       cfg.decode_backend, cfg.prefetch_segments)
     segments, ended, failed = 0, 0, 0
     try:

@@ -303,10 +303,10 @@ class _Run:
     def loop(self) -> None:
         from tqdm import tqdm
 
-        from lvmae.extraction.workers import DecodePool
+        from lvmae.extraction.workers import decode_pool
 
         cfg = self.ex.cfg
-        pool = DecodePool([(j, it.path) for j, it in enumerate(self.todo)], self.ex.spec,
+        pool = decode_pool([(j, it.path) for j, it in enumerate(self.todo)], self.ex.spec,
                           self.ex.decode_workers, cfg.decode_backend, cfg.prefetch_segments)
         self.bar = tqdm(total=len(self.todo), unit="video", desc="extract", disable=not self.progress,
                         dynamic_ncols=True)

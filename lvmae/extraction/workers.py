@@ -81,45 +81,78 @@ def process_worker(wid: int, conn: Any, spec: DecodeSpec) -> None:
         pass  # the main process closed the pipe: stop
 
 
-class DecodePool:
-    """Decode ``jobs`` (``[(job, path)]``) with ``workers`` threads or processes."""
+def decode_pool(jobs: list[tuple[int, str]], spec: DecodeSpec, workers: int = 2, backend: str = "thread",
+                prefetch: int = 64) -> ThreadDecodePool | ProcessDecodePool:
+    """Decode ``jobs`` (``[(job, path)]``) with ``workers`` threads or processes.
 
-    def __init__(self, jobs: list[tuple[int, str]], spec: DecodeSpec, workers: int = 2,
-                 backend: str = "thread", prefetch: int = 64):
-        self.spec, self.backend = spec, backend
-        n = max(1, min(workers, len(jobs)))
+    Both pools answer ``get(timeout)`` (next message, ``queue.Empty`` after ``timeout`` s),
+    ``reap()`` (``[(job, reason)]`` for videos whose worker died), ``alive()`` and ``close()``.
+    """
+    n = max(1, min(workers, len(jobs)))
+    if backend == "process":
+        return ProcessDecodePool(jobs, spec, n)
+    return ThreadDecodePool(jobs, spec, n, prefetch)
+
+
+class ThreadDecodePool:
+    """Worker threads sharing a task queue and a bounded message queue (``prefetch``: the memory cap)."""
+
+    def __init__(self, jobs: list[tuple[int, str]], spec: DecodeSpec, n: int, prefetch: int):
+        self.tasks, self.out, self.stop = queue.Queue(), queue.Queue(prefetch), threading.Event()
+        self.current: dict[int, int] = {}  # worker id -> job being decoded
+        for job in jobs:
+            self.tasks.put(job)
+        for _ in range(n):
+            self.tasks.put(None)
+        self.workers = {wid: threading.Thread(target=decode_worker, args=(wid, self.tasks, self.out, spec, self.stop),
+                                              daemon=True, name=f"lvmae-decode-{wid}") for wid in range(n)}
+        for w in self.workers.values():
+            w.start()
+
+    def get(self, timeout: float) -> tuple:
+        msg = self.out.get(timeout=timeout)
+        if msg[0] == "start":
+            self.current[msg[2]] = msg[1]
+        elif msg[0] == "end":
+            self.current = {w: j for w, j in self.current.items() if j != msg[1]}
+        return msg
+
+    def reap(self) -> list[tuple[int, str]]:
+        return []  # decode_one turns every decode error into its video's "end" message: threads do not die
+
+    def alive(self) -> bool:
+        return any(w.is_alive() for w in self.workers.values())
+
+    def close(self) -> None:
+        """Stop the workers (also on errors and Ctrl-C)."""
+        self.stop.set()
+        for w in self.workers.values():
+            w.join(timeout=2.0)
+
+
+class ProcessDecodePool:
+    """Worker processes, each with its own pipe for its tasks and its messages (see the module docstring)."""
+
+    def __init__(self, jobs: list[tuple[int, str]], spec: DecodeSpec, n: int):
+        self.spec, self._ctx = spec, mp.get_context("spawn")
+        self.pending, self.conns, self.ready = deque(jobs), {}, deque()
         self.workers: dict[int, Any] = {}
         self.current: dict[int, int] = {}  # worker id -> job being decoded
-        if backend == "process":
-            self._ctx: Any = mp.get_context("spawn")
-            self.pending, self.conns, self.ready = deque(jobs), {}, deque()
-        else:
-            self.tasks, self.out, self.stop = queue.Queue(), queue.Queue(prefetch), threading.Event()
-            for job in jobs:
-                self.tasks.put(job)
-            for _ in range(n):
-                self.tasks.put(None)
         for wid in range(n):
             self._spawn(wid)
 
     def _spawn(self, wid: int) -> None:
-        if self.backend == "process":
-            mine, theirs = self._ctx.Pipe()
-            w = self._ctx.Process(target=process_worker, args=(wid, theirs, self.spec), daemon=True,
-                                  name=f"lvmae-decode-{wid}")
-            w.start()
-            theirs.close()  # only the worker holds its end: its death is EOF here
-            self.conns[wid] = mine
-            self.workers[wid] = w
-            self._next(wid)
-            return
-        w = threading.Thread(target=decode_worker, args=(wid, self.tasks, self.out, self.spec, self.stop),
-                             daemon=True, name=f"lvmae-decode-{wid}")
+        mine, theirs = self._ctx.Pipe()
+        w = self._ctx.Process(target=process_worker, args=(wid, theirs, self.spec), daemon=True,
+                              name=f"lvmae-decode-{wid}")
         w.start()
+        theirs.close()  # only the worker holds its end: its death is EOF here
+        self.conns[wid] = mine
         self.workers[wid] = w
+        self._next(wid)
 
     def _next(self, wid: int) -> None:
-        """Give process worker ``wid`` its next video (None: no more, it exits)."""
+        """Give worker ``wid`` its next video (None: no more, it exits)."""
         task = self.pending.popleft() if self.pending else None
         try:
             self.conns[wid].send(task)
@@ -131,14 +164,6 @@ class DecodePool:
             self.current[wid] = task[0]
 
     def get(self, timeout: float) -> tuple:
-        """Next message (raises ``queue.Empty`` after ``timeout`` s)."""
-        if self.backend != "process":
-            msg = self.out.get(timeout=timeout)
-            if msg[0] == "start":
-                self.current[msg[2]] = msg[1]
-            elif msg[0] == "end":
-                self.current = {w: j for w, j in self.current.items() if j != msg[1]}
-            return msg
         if not self.ready:
             by_conn = {c: wid for wid, c in self.conns.items()}
             for conn in wait(list(by_conn), timeout):
@@ -161,8 +186,6 @@ class DecodePool:
     def reap(self) -> list[tuple[int, str]]:
         """``[(job, reason)]`` for videos whose worker process died; replaces those workers."""
         dead: list[tuple[int, str]] = []
-        if self.backend != "process":
-            return dead
         for wid, w in list(self.workers.items()):
             if w.is_alive() or (w.exitcode == 0 and wid not in self.current):
                 continue
@@ -185,11 +208,9 @@ class DecodePool:
 
     def close(self) -> None:
         """Stop the workers (also on errors and Ctrl-C)."""
-        if self.backend != "process":
-            self.stop.set()
-        for conn in getattr(self, "conns", {}).values():
+        for conn in self.conns.values():
             conn.close()  # a worker blocked on its pipe gets an error and exits
         for w in self.workers.values():
             w.join(timeout=2.0)
-            if self.backend == "process" and w.is_alive():
+            if w.is_alive():
                 w.terminate()
