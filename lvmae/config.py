@@ -329,7 +329,9 @@ def load_config(
 ) -> Config:
     """Schema defaults (or ``base``) <- YAML files in order <- ``key=value`` overrides.
 
-    Raises :class:`ConfigError` naming the offending key or file.
+    A file is a path or a shipped recipe's name (``tiny``, ``paper``, ``demo``, ``probe/lvu``: see
+    :mod:`lvmae.recipes`); its ``include:`` files are merged before it. Raises :class:`ConfigError`
+    naming the offending key or file.
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -337,11 +339,11 @@ def load_config(
     schema = OmegaConf.structured(base if base is not None else Config)
     OmegaConf.set_struct(schema, True)
     merged = schema
-    for f in files:
+    for path, loaded in (part for f in files for part in _expand(f)):
         try:
-            merged = OmegaConf.merge(merged, _load_yaml(Path(f)))
+            merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as e:
-            raise ConfigError(_describe(e, f"in {f}: ")) from None
+            raise ConfigError(_describe(e, f"in {path}: ")) from None
     _check_overrides(overrides)
     try:
         if overrides:
@@ -373,6 +375,38 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         key = o.split("=", 1)[0].strip()
         if key in sections:
             raise ConfigError(f"override {o!r}: '{key}' is a section; set one of its keys, e.g. {key}.<name>=...")
+
+
+def _resolve(name: str | os.PathLike, including: Path | None = None) -> Path:
+    """A ``-c`` argument (an existing file, else a recipe name) or an ``include:`` entry of
+    ``including`` (a ``.yaml``/``.yml`` path relative to that file, else a recipe name)."""
+    from lvmae import recipes
+
+    text = str(name)
+    if including is None and Path(text).is_file():
+        return Path(text)
+    if including is not None and text.endswith((".yaml", ".yml")):
+        return including.parent / text
+    found = recipes.find(text)
+    if found is not None:
+        return found
+    if including is None and not text.endswith((".yaml", ".yml")):
+        raise ConfigError(f"config file not found: {text} (shipped recipes: {', '.join(recipes.names())})")
+    return Path(text)
+
+
+def _expand(name: str | os.PathLike, including: Path | None = None, chain: tuple[Path, ...] = ()) -> list:
+    """``[(path, mapping), ...]`` in merge order: a file's includes (recursively), then the file."""
+    path = _resolve(name, including)
+    if path.resolve() in chain:
+        raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in (*chain, path.resolve()))}")
+    loaded = _load_yaml(path)
+    inc = loaded.pop("include", None)
+    entries = [inc] if isinstance(inc, str) else list(inc or [])
+    if not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"{path}: include must be a recipe name or file, or a list of them")
+    parts = [p for e in entries for p in _expand(e, path, (*chain, path.resolve()))]
+    return [*parts, (path, loaded)]
 
 
 def _load_yaml(path: Path) -> Any:
