@@ -33,36 +33,6 @@ from lvmae.config import Config, load_config, save_config
 from lvmae.errors import ConfigError
 from lvmae.io import atomic_write_json, atomic_write_text
 
-# The demo's sizes: about 4 minutes on 2 CPU cores (see the README for the measured time).
-DEMO_OVERRIDES = [
-    "synth.num_videos=240",
-    "synth.tasks=[order,count,appearance]",
-    "synth.segments_per_step=[1,2]",
-    "synth.filler_steps=[6,9]",
-    "synth.workers=2",
-    "synth.audio=false",
-    "extract.segment.frames=2",
-    "extract.encoder.audio=null",
-    "model.width=128",
-    "model.depth=2",
-    "model.heads=4",
-    "model.decoder_width=64",
-    "model.decoder_depth=1",
-    "model.decoder_heads=4",
-    "model.norm_target=true",
-    "data.max_len=64",
-    "deepspeed.engine=torch",
-    "deepspeed.micro_batch=32",
-    "optim.base_lr=8e-3",
-    "optim.warmup_steps=50",
-    "train.steps=400",
-    "train.save_every=200",
-    "train.log_every=20",
-    "probe.methods=[raw_mean_sklearn,raw_linear,lvmae_linear,lvmae_attentive]",
-    "probe.seeds=[0,1,2]",
-    "probe.epochs=100",
-    "probe.lr=1e-2",
-]
 STAGES = ("synth", "extract", "pretrain", "probe")
 STAGE_SECTIONS = {  # the config sections each stage reads (every section belongs to one)
     "synth": ("synth",), "extract": ("extract",),
@@ -72,13 +42,12 @@ STAGE_DIRS = {"synth": "synth", "extract": "features", "pretrain": "pretrain", "
 
 
 def demo_config(out: str | Path, files: Sequence[str] = (), overrides: Sequence[str] = ()) -> Config:
-    """Schema defaults <- :data:`DEMO_OVERRIDES` <- ``files`` <- ``overrides``, wired to ``out``.
+    """Schema defaults <- the ``demo`` recipe <- ``files`` <- ``overrides``, wired to ``out``.
 
     Paths are always derived from ``out`` and the extraction segment length from
     ``synth.segment_seconds``, so the stages fit together whatever is overridden.
     """
-    base = load_config([], DEMO_OVERRIDES)
-    cfg = load_config(files, overrides, base=base)
+    cfg = load_config(["demo", *files], overrides)
     out = Path(out)
     r = dataclasses.replace
     feats = str(out / "features")

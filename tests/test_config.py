@@ -115,3 +115,56 @@ def test_every_key_printed_by_config_doc_is_documented(capsys):
             undocumented.append(".".join(path))
     assert leaves > 100
     assert not undocumented, f"{len(undocumented)} keys without documentation: {undocumented}"
+
+
+def test_recipes_by_name_anywhere(tmp_path, monkeypatch):
+    from lvmae import recipes
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: names resolve to the shipped files
+    assert {"tiny", "paper", "demo", "probe/lvu", "probe/generic"} <= set(recipes.names())
+    assert load_config(["tiny"]) == load_config(["tiny.yaml"]) == load_config([ROOT / "configs" / "tiny.yaml"])
+    assert load_config(["paper"]).model.depth == 32
+    assert load_config(["probe/lvu"]).probe.benchmark == "lvu"
+    with pytest.raises(ConfigError, match="not found: tinyy .*shipped recipes: demo, "):
+        load_config(["tinyy"])
+
+
+def test_include_merges_first_and_is_overridden(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  depth: 3\n  width: 96\n")
+    (tmp_path / "run.yaml").write_text("include: [tiny, base.yaml]\nmodel:\n  depth: 5\n")
+    cfg = load_config([tmp_path / "run.yaml"], ["model.heads=3"])
+    assert (cfg.model.depth, cfg.model.width, cfg.model.heads) == (5, 96, 3)
+    assert cfg.optim.base_lr == load_config(["tiny"]).optim.base_lr  # from the recipe
+    cpu = load_config([ROOT / "pretrain" / "tiny_cpu.yaml"])
+    assert cpu.run.device == "cpu" and cpu.model == load_config(["tiny"]).model
+
+
+def test_include_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config([tmp_path / "a.yaml"])
+    (tmp_path / "c.yaml").write_text("include: [1]\n")
+    with pytest.raises(ConfigError, match="c.yaml: include must be"):
+        load_config([tmp_path / "c.yaml"])
+    (tmp_path / "d.yaml").write_text("include: missing.yaml\n")
+    with pytest.raises(ConfigError, match="not found: .*missing.yaml"):
+        load_config([tmp_path / "d.yaml"])
+    (tmp_path / "e.yaml").write_text("include: tiny\nmodel:\n  depthh: 2\n")
+    with pytest.raises(ConfigError, match="e.yaml.*depthh"):
+        load_config([tmp_path / "e.yaml"])
+
+
+def test_wheel_ships_the_recipes(tmp_path):
+    """An installed wheel (not only the editable checkout) finds ``-c tiny``."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from lvmae import recipes
+
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("lvmae-*.whl"))).namelist()
+    assert {f"lvmae/recipes/{n}.yaml" for n in recipes.names()} <= set(names)

@@ -285,17 +285,11 @@ def test_effective_lr_is_logged_and_an_absolute_lr_overrides_scaling(store, tmp_
         tiny(store, tmp_path / "bad", "optim.lr=0")
 
 
-def test_shipped_configs_agree_and_their_schedules_decay():
-    """configs/ and pretrain/ hold the same experiments; a warmup as long as the run never decays."""
-    from lvmae.config import to_yaml
-
-    paper, launch = load_config([ROOT / "configs" / "paper.yaml"]), load_config([ROOT / "pretrain" / "paper.yaml"])
-    assert to_yaml(paper) == to_yaml(launch)
-    tiny_cfg, cpu = load_config([ROOT / "configs" / "tiny.yaml"]), load_config([ROOT / "pretrain" / "tiny_cpu.yaml"])
-    for section in ("model", "masking", "data", "optim", "train"):
-        assert getattr(tiny_cfg, section) == getattr(cpu, section), section
-    for cfg in (paper, tiny_cfg):
-        assert cfg.optim.warmup_steps < cfg.train.steps
+def test_shipped_schedules_decay():
+    """A warmup as long as the run never decays."""
+    for name in ("paper", "tiny", "demo"):
+        cfg = load_config([name])
+        assert cfg.optim.warmup_steps < cfg.train.steps, name
 
 
 def test_resume_warns_when_data_order_or_schedule_changes(store, tmp_path, caplog):
