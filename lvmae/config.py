@@ -58,8 +58,11 @@ class EncoderConfig:
     text: str | None = None  # minilm | hf_text (subtitles per segment); null = no text features
     image_size: int = 112  # side (px) of the square frames for vision encoders (hf_clip: its own)
     pooling: str = "mean"  # mean | mean_std | mean_diff (over the K frames)
-    checkpoint: str | None = None  # local dir/file for encoders that need weights
-    text_checkpoint: str | None = None  # local HF text-encoder dir (encoder.text=hf_text)
+    # Weights of encoders that need them: a local dir/file or a Hugging Face id org/name[@revision]
+    # (fetched into the HF cache; cache-only under HF_HUB_OFFLINE=1; safetensors weights only).
+    checkpoint: str | None = None
+    text_checkpoint: str | None = None  # HF text encoder (encoder.text=hf_text): local dir or Hub id
+    trust_remote_code: bool = False  # let transformers run a Hub checkpoint's own Python code
     resize: str = "center_crop"  # center_crop | squash (how frames become image_size squares)
     n_mels: int = 64  # logmel audio encoder: mel bands (embedding = mean+std per band)
     batch_frames: int = 64  # frames per encoder forward, across segments
@@ -163,9 +166,10 @@ class TrainConfig:
     save_every: int = 200  # checkpoint every N steps (and at the last step)
     keep_last: int = 3  # newest checkpoints kept in RUN/checkpoints; older ones are deleted
     log_every: int = 10  # log metrics (jsonl, TensorBoard) every N steps, averaged over them
-    # Continue from RUN/checkpoints/latest (same as --resume; starts fresh if there is none).
-    # False while the run dir already has checkpoints is an error.
+    # Continue from the newest checkpoint that verifies (same as --resume; starts fresh if there is
+    # none). False while the run dir already has checkpoints is an error.
     resume: bool = False
+    restart: bool = False  # delete the run dir's checkpoints and metrics and start at step 0 (--restart)
     export: bool = True  # write the encoder to RUN/export at the end
     plot: bool = True  # loss / retrieval curves to RUN/curves.png at the end
     compile: bool = False  # torch.compile the model (torch engine only; first steps slow while it compiles)
@@ -319,6 +323,7 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(cfg.optim.warmup_steps >= 0 and cfg.optim.base_lr > 0, "optim.base_lr must be > 0, optim.warmup_steps >= 0")
     _check(cfg.optim.lr is None or cfg.optim.lr > 0, f"optim.lr must be > 0 or null, got {cfg.optim.lr}")
     _check(not t.compile or ds.engine == "torch", "train.compile needs deepspeed.engine=torch (untested under DeepSpeed)")
+    _check(not (t.resume and t.restart), "train.resume and train.restart exclude each other: continue or start over")
     _check(t.compile_mode in COMPILE_MODES, f"train.compile_mode must be one of {COMPILE_MODES}, got {t.compile_mode!r}")
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lvmae.config import Config, DeepSpeedConfig, OptimConfig
-from lvmae.errors import ConfigError
+from lvmae.errors import ConfigError, DataError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -335,9 +335,19 @@ class DeepSpeedEngine(_EngineBase):
                 save_weights(module, path / "model.safetensors")
 
     def load(self, path: Path) -> None:
+        """DeepSpeed's own files (pickle-based: resume only from trusted dirs), then the safetensors
+        copy must hold the same weights, or ``lvmae export`` of this checkpoint would give others."""
+        from safetensors.torch import load_file
+
         loaded, _ = self.ds.load_checkpoint(str(path), tag="ds", load_lr_scheduler_states=False)
         if loaded is None:
             raise FileNotFoundError(path / "ds")
+        saved = load_file(str(path / "model.safetensors"))
+        with self.gathered() as module:
+            own = module.state_dict()
+            bad = sorted(set(own) ^ set(saved)) or [k for k in own if not torch.equal(own[k].cpu(), saved[k])]
+        if bad:
+            raise DataError(f"{path / 'model.safetensors'} differs from DeepSpeed's weights ({bad[0]})")
 
 
 Engine = TorchEngine | DeepSpeedEngine

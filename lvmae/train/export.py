@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lvmae.errors import DataError
-from lvmae.train.checkpoint import Checkpointer, swap_dir_into_place
+from lvmae.train.checkpoint import Checkpointer, swap_dir_into_place, verify
 
 
 def write_export(model: nn.Module, out: str | os.PathLike, extra: dict[str, Any]) -> Path:
@@ -37,10 +37,16 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint dir itself, or a run dir's latest checkpoint."""
     path = Path(path)
     if (path / "trainer.json").is_file():
+        why = verify(path)
+        if why is not None:
+            raise DataError(f"checkpoint {path} is damaged: {why}")
         return path
-    latest = Checkpointer(path / "checkpoints", keep_last=1).latest()
+    ckpt = Checkpointer(path / "checkpoints", keep_last=1)
+    latest = ckpt.latest(warn=True)
     if latest is None:
-        raise DataError(f"{path} is neither a checkpoint dir (trainer.json) nor a run dir with checkpoints/latest")
+        why = f" ({'; '.join(ckpt.damaged)})" if ckpt.damaged else ""
+        raise DataError(f"{path} is neither a checkpoint dir (trainer.json) nor a run dir with a checkpoint "
+                        f"that verifies{why}")
     return latest
 
 

@@ -26,7 +26,7 @@ from lvmae.config import Config, save_config, section_dict
 from lvmae.data import DataStream, build_stream, to_device
 from lvmae.errors import ConfigError, LvmaeError
 from lvmae.io import atomic_write_json
-from lvmae.train.checkpoint import Checkpointer
+from lvmae.train.checkpoint import Checkpointer, CheckpointError
 from lvmae.train.engine import DistInfo, Engine, build_engine, setup_distributed
 from lvmae.train.export import write_export
 from lvmae.train.metrics import MetricsLogger, plot_curves, read_metrics, retrieval_hits
@@ -77,10 +77,7 @@ def _setup(cfg: Config) -> _Run:
     dist = setup_distributed(cfg)
     run_dir = Path(cfg.run.out_dir)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, dist.rank)
-    latest = ckpt.latest()
-    if latest is not None and not cfg.train.resume:
-        raise ConfigError(f"{run_dir} already has checkpoints ({latest.name}); "
-                          "pass --resume (train.resume=true) to continue it, or pick another run.out_dir")
+    latest = _resume_point(cfg, ckpt, dist)
     scales = cfg.model.rope.train_scales if cfg.model.rope.kind == "hope" else []
     stream = build_stream(cfg.data, cfg.masking, scales, cfg.deepspeed.micro_batch,
                           seed=cfg.run.seed, rank=dist.rank, world=dist.world,
@@ -100,6 +97,53 @@ def _setup(cfg: Config) -> _Run:
     if dist.is_main:
         save_config(cfg, run_dir)
     return run
+
+
+def _resume_point(cfg: Config, ckpt: Checkpointer, dist: DistInfo) -> Path | None:
+    """The checkpoint to continue from; a run dir with checkpoints is only started over on ``--restart``."""
+    t, run_dir = cfg.train, Path(cfg.run.out_dir)
+    if t.restart:
+        if dist.is_main and ckpt.has_any():
+            log.warning("pretrain: --restart: deleting %d checkpoint(s) of %s and starting at step 0",
+                        len(ckpt.checkpoints()), run_dir)
+            ckpt.discard_all()
+        return None
+    if not ckpt.has_any():
+        return None
+    if not t.resume:
+        names = [d.name for d in ckpt.checkpoints()[:1]] or ["checkpoints/latest"]
+        raise ConfigError(f"{run_dir} already has checkpoints ({names[0]}); pass --resume (train.resume=true) "
+                          "to continue it, --restart (train.restart=true) to delete them and start over, "
+                          "or pick another run.out_dir")
+    latest = ckpt.find_resumable()
+    if latest is None:
+        why = "; ".join(ckpt.damaged) or "no step_* dir"
+        raise CheckpointError(f"no checkpoint in {ckpt.root} verifies ({why}); nothing was changed. "
+                              "Pass --restart to delete them and start over")
+    if dist.is_main:
+        log.info("pretrain: resuming from %s (verified)", latest)
+    return latest
+
+
+def finished_summary(cfg: Config) -> dict[str, Any] | None:
+    """``--resume`` of a run that already reached ``train.steps``: its summary, with nothing written."""
+    run_dir = Path(cfg.run.out_dir)
+    summary = run_dir / "summary.json"
+    if not cfg.train.resume or cfg.train.restart or not summary.is_file():
+        return None
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last).latest()
+    if ckpt is None:
+        return None
+    step = json.loads((ckpt / "trainer.json").read_text())["step"]
+    try:
+        done = json.loads(summary.read_text())
+    except ValueError:
+        return None
+    if step < cfg.train.steps or done.get("steps") != step:
+        return None
+    log.info("pretrain: %s already finished (step %d of %d, %s); nothing to do", run_dir, step, cfg.train.steps,
+             ckpt.name)
+    return {**done, "already_finished": True}
 
 
 def _log_schedule(run: _Run, rule: str) -> None:
@@ -279,7 +323,7 @@ def _non_finite(run: _Run, s: _Step, row: list[float]) -> NonFiniteLossError:
         what = f"another rank's loss or grad norm is not finite (this rank {run.dist.rank}: loss {loss:.4g})"
     return NonFiniteLossError(
         f"{what} at step {s.step} (videos {s.video_ids[:4]}...); stopped without saving. "
-        f"Last good checkpoint: {run.ckpt.latest() or 'none'}. "
+        f"Last good checkpoint: {run.ckpt.last or 'none'}. "
         "Check the features for outliers, lower optim.base_lr or use precision bf16/fp32."
     )
 
@@ -361,6 +405,9 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 
     Returns a summary: steps, first/last logged loss, retrieval, throughput, paths.
     """
+    done = finished_summary(cfg)
+    if done is not None:
+        return done
     run = _setup(cfg)
     start = run.step
     logger = MetricsLogger(run.dir, enabled=run.dist.is_main, resume_step=start if run.resumed_from else None)
@@ -388,6 +435,6 @@ def _summary(run: _Run, start: int, last: dict[str, float], export: Path | None)
         "peak_lr": run.peak,
         "first_loss": recs[0]["train/loss"] if recs else None,
         "final_loss": last.get("train/loss"), "final_metrics": last,
-        "checkpoint": str(run.ckpt.latest()) if run.ckpt.latest() else None,
+        "checkpoint": str(run.ckpt.last) if run.ckpt.last else None,
         "export": str(export) if export else None, "run_dir": str(run.dir),
     }
