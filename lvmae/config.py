@@ -185,7 +185,7 @@ class ProbeConfig:
     benchmark: str = "generic"  # lvu | coin | breakfast | generic
     labels: str = ""  # label file or directory, in the benchmark's own format
     store: str = ""  # feature store of the benchmark's videos (required)
-    checkpoint: str | None = None  # exported LV-MAE encoder dir; None = raw baselines only
+    checkpoint: str | None = None  # exported LV-MAE encoder: dir or Hub id org/name[@rev]; None = raw baselines only
     tasks: list[str] = field(default_factory=list)  # empty = every task of the benchmark
     # Rows of the results table: raw_mean_sklearn | raw_linear | raw_attentive | lvmae_linear |
     # lvmae_attentive (lvmae_* need probe.checkpoint and are skipped without it).

@@ -1,4 +1,8 @@
-"""Hugging Face encoders loaded from a local directory (never from the hub).
+"""Hugging Face encoders from a local directory or a Hub id (see :mod:`lvmae.hub`).
+
+Checkpoint keys take a local directory or ``org/name[@revision]`` (fetched into, or found
+in, the Hugging Face cache; ``HF_HUB_OFFLINE=1`` makes that cache-only). Only safetensors
+weights come from the Hub, and ``encoder.trust_remote_code`` stays false unless set.
 
 - ``hf_clip``: a CLIP-style image tower (``CLIPVisionModel[WithProjection]``, a full
   ``CLIPModel`` checkpoint, or any model with ``get_image_features`` such as SigLIP or a
@@ -56,12 +60,21 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _local_dir(path: str | None, what: str, key: str) -> str:
-    if not path:
-        raise ConfigError(f"{what} needs {key}=<local checkpoint directory> (nothing is downloaded)")
-    if not (Path(path) / "config.json").is_file():
-        raise ConfigError(f"{key}={path} is not a Hugging Face checkpoint directory (no config.json)")
+def checkpoint_dir(ref: str | None, what: str, key: str, cfg: EncoderConfig) -> str:
+    """``ref`` (local dir or Hub id) as a local transformers checkpoint directory."""
+    from lvmae.hub import resolve
+
+    if not ref:
+        raise ConfigError(f"{what} needs {key}=<local directory or Hugging Face id org/name[@revision]>")
+    path = resolve(ref, key, remote_code=cfg.trust_remote_code)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{key}={ref} is not a Hugging Face checkpoint (no config.json in {path})")
     return str(path)
+
+
+def _load_kw(cfg: EncoderConfig) -> dict[str, Any]:
+    """transformers ``from_pretrained`` options: the directory is local, remote code only if allowed."""
+    return {"local_files_only": True, "trust_remote_code": cfg.trust_remote_code}
 
 
 class Normalize:
@@ -104,7 +117,7 @@ def _norm_stats(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return CLIP_MEAN, CLIP_STD
 
 
-def _load_tower(path: str) -> tuple[nn.Module, Any, Any, int | None]:
+def _load_tower(path: str, kw: dict[str, Any]) -> tuple[nn.Module, Any, Any, int | None]:
     """``(module, config, output fn, clip frames)``.
 
     CLIP checkpoints give the projected image embedding (the pooled output when there is no
@@ -113,14 +126,13 @@ def _load_tower(path: str) -> tuple[nn.Module, Any, Any, int | None]:
     """
     tf = _transformers()
     with _quiet():
-        conf = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+        conf = tf.AutoConfig.from_pretrained(path, **kw)
         if conf.model_type in ("clip", "clip_vision_model"):
-            model, info = tf.CLIPVisionModelWithProjection.from_pretrained(
-                path, local_files_only=True, output_loading_info=True)
+            model, info = tf.CLIPVisionModelWithProjection.from_pretrained(path, output_loading_info=True, **kw)
             if not any(k.startswith("visual_projection") for k in info["missing_keys"]):
                 return model, conf, lambda o: o.image_embeds, None
-            return tf.CLIPVisionModel.from_pretrained(path, local_files_only=True), conf, lambda o: o.pooler_output, None
-        model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+            return tf.CLIPVisionModel.from_pretrained(path, **kw), conf, lambda o: o.pooler_output, None
+        model = tf.AutoModel.from_pretrained(path, **kw)
     if conf.model_type == "xclip" and hasattr(model, "get_video_features"):
         return _Features(model, "get_video_features"), conf, None, int(conf.vision_config.num_frames)
     if not hasattr(model, "get_image_features"):
@@ -129,8 +141,8 @@ def _load_tower(path: str) -> tuple[nn.Module, Any, Any, int | None]:
 
 
 def build_clip(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
-    path = _local_dir(cfg.checkpoint, "encoder.vision=hf_clip", "encoder.checkpoint")
-    module, conf, output, frames = _load_tower(path)
+    path = checkpoint_dir(cfg.checkpoint, "encoder.vision=hf_clip", "encoder.checkpoint", cfg)
+    module, conf, output, frames = _load_tower(path, _load_kw(cfg))
     size = int(getattr(getattr(conf, "vision_config", conf), "image_size", cfg.image_size))
     norm = (ClipNormalize if frames else Normalize)(*_norm_stats(path))
     return TorchEncoder("hf_clip", module, "vision", preprocess=norm, output=output, frame_level=frames is None,
@@ -155,8 +167,8 @@ class _MeanPooledText(nn.Module):
 def build_text_from_dir(path: str, name: str, cfg: EncoderConfig, device: str) -> TorchEncoder:
     tf = _transformers()
     with _quiet():
-        tok = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+        tok = tf.AutoTokenizer.from_pretrained(path, **_load_kw(cfg))
+        model = tf.AutoModel.from_pretrained(path, **_load_kw(cfg))
     st_cfg = Path(path) / "sentence_bert_config.json"
     max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 256) if st_cfg.is_file() else 256
 
@@ -168,7 +180,7 @@ def build_text_from_dir(path: str, name: str, cfg: EncoderConfig, device: str) -
 
 
 def build_hf_text(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
-    path = _local_dir(cfg.text_checkpoint, "encoder.text=hf_text", "encoder.text_checkpoint")
+    path = checkpoint_dir(cfg.text_checkpoint, "encoder.text=hf_text", "encoder.text_checkpoint", cfg)
     return build_text_from_dir(path, "hf_text", cfg, device)
 
 

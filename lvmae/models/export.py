@@ -4,7 +4,9 @@ A directory holds ``encoder.safetensors`` (encoder-side weights: input projectio
 [CLS], encoder blocks and final norm; no decoder) and ``config.json``
 (``{"format": ..., "model": ModelConfig as a dict, "extra": {...}}``). Each file is
 written atomically and ``config.json`` last, so a directory with a config always has
-its weights.
+its weights. :func:`load_pretrained` also takes a Hugging Face id (``org/name[@revision]``,
+see :mod:`lvmae.hub`); :mod:`lvmae.models.hub` puts the same layout behind
+huggingface_hub's model mixin (``from_pretrained`` / ``push_to_hub``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,15 +45,20 @@ def save_pretrained(model: LVMAE, directory: str | os.PathLike, extra: dict | No
     return d
 
 
-def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LVMAE, dict]:
+def load_pretrained(ref: str | os.PathLike, device: str | torch.device = "cpu", *, model_cls: type = LVMAE,
+                    key: str = "checkpoint", **hub_kwargs: Any) -> tuple[LVMAE, dict]:
     """Load an exported encoder: ``(model in eval mode, without decoder; extra)``.
 
-    Raises :class:`DataError` when the directory is not a complete export or its weights
-    do not match its config."""
+    ``ref`` is an export directory or a Hub id ``org/name[@revision]`` (``hub_kwargs`` go to
+    :func:`lvmae.hub.resolve`); ``model_cls`` is :class:`LVMAE` or a subclass with its
+    constructor. Raises :class:`DataError` when the directory is not a complete export or its
+    weights do not match its config."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    d = Path(directory)
+    from lvmae.hub import is_local, resolve
+
+    d = Path(ref) if is_local(ref) else resolve(ref, key, **hub_kwargs)
     if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
         raise DataError(f"{d} is not an exported LV-MAE encoder (needs {CONFIG} and {WEIGHTS})")
     try:
@@ -60,7 +68,7 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
         raise DataError(f"{d}: unreadable export ({e})") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{d / CONFIG}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    model = LVMAE(model_config_from_dict(meta["model"]), with_decoder=False)
+    model = model_cls(model_config_from_dict(meta["model"]), with_decoder=False)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:

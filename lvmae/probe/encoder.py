@@ -29,9 +29,16 @@ from lvmae.store import FeatureStore, config_hash
 CACHE_MODALITY = "lvmae"
 
 
+def checkpoint_path(checkpoint: str | os.PathLike) -> Path:
+    """``probe.checkpoint`` (an export dir or a Hub id ``org/name[@revision]``) as a local dir."""
+    from lvmae.hub import resolve
+
+    return resolve(checkpoint, "probe.checkpoint")
+
+
 def load_encoder(checkpoint: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The exported encoder (``save_pretrained`` dir), frozen and in eval mode, plus its ``extra``."""
-    path = Path(checkpoint)
+    """The exported encoder (``save_pretrained`` dir or Hub id), frozen and in eval mode, plus its ``extra``."""
+    path = checkpoint_path(checkpoint)
     if not (path / "config.json").is_file():
         raise DataError(f"probe.checkpoint {path} is not an exported LV-MAE encoder (no config.json)")
     try:

@@ -30,6 +30,7 @@ from lvmae.probe.encoder import (
     cache_key,
     cached_encode,
     checkpoint_digest,
+    checkpoint_path,
     encode_bank,
     load_encoder,
 )
@@ -124,8 +125,9 @@ def _encoded_bank(cfg: Config, store: FeatureStore, raw: SequenceBank, encoder: 
     """LV-MAE outputs for every video, and the encoder's digest (for the run fingerprint)."""
     pc = cfg.probe
     if encoder is None:
-        encoder, _ = load_encoder(pc.checkpoint, device)  # type: ignore[arg-type]
-        digest = checkpoint_digest(pc.checkpoint)  # type: ignore[arg-type]
+        path = checkpoint_path(pc.checkpoint)  # type: ignore[arg-type]
+        encoder, _ = load_encoder(path, device)
+        digest = checkpoint_digest(path)
     else:
         encoder = encoder.to(device).eval()
         digest = state_digest(encoder)
