@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-IGNORE = -1
+from lvmae.benchmarks.dense import IGNORE
+
 OVERLAPS = (10, 25, 50)
 
 
