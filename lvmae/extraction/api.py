@@ -30,6 +30,7 @@ from lvmae.errors import ConfigError, DataError, LvmaeError
 from lvmae.extraction.inputs import ID_FROM, VideoItem, collect_videos
 from lvmae.extraction.segments import iter_segments
 from lvmae.extraction.video import DecodeSpec, Segment
+from lvmae.lock import dir_lock
 from lvmae.store import FeatureStore, config_hash
 
 RULE = ("v1: segment i = [i*stride, i*stride + seconds) on the video stream's clock; full segments "
@@ -248,15 +249,16 @@ class Extractor:
         rank, world = parse_shard(shard if shard is not None else self.cfg.shard)
         mine = items[rank::world]
         store = self.open_store(out if out is not None else self.cfg.out)
-        orphans = store.remove_orphans()
-        writer = store.writer(rank, world)
-        finished = writer.finished()
-        if self.cfg.retry_failed:
-            finished = {v for v in finished if v in store}
-        todo = [it for it in mine if it.video_id not in finished]
-        stats = _Stats(todo=len(todo))
-        if todo:
-            _Run(self, todo, writer, stats, progress).loop()
+        with dir_lock(store.root, f"extract-shard-{rank}-of-{world}", f"extraction of shard {rank}/{world}"):
+            orphans = store.remove_orphans()
+            writer = store.writer(rank, world)
+            finished = writer.finished()
+            if self.cfg.retry_failed:
+                finished = {v for v in finished if v in store}
+            todo = [it for it in mine if it.video_id not in finished]
+            stats = _Stats(todo=len(todo))
+            if todo:
+                _Run(self, todo, writer, stats, progress).loop()
         store.refresh()
         return {
             "store": str(store.root), "config_hash": self.config_hash, "shard": f"{rank}/{world}",

@@ -25,6 +25,7 @@ from lvmae.benchmarks import CLASSIFICATION, MatchedTask, load_labels, match_to_
 from lvmae.config import Config, save_config
 from lvmae.errors import ConfigError, DataError
 from lvmae.io import append_line, atomic_write_json
+from lvmae.lock import locked
 from lvmae.probe.bank import SequenceBank, load_bank, pooled_bank
 from lvmae.probe.encoder import (
     cache_key,
@@ -208,6 +209,7 @@ def _run_fits(ctx: _Context, tasks: dict[str, MatchedTask], methods: list[Method
     return results
 
 
+@locked(lambda cfg, encoder=None: cfg.run.out_dir, lambda cfg, encoder=None: "probe", "probe run")
 def run_probe(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
     """Probe every task of ``cfg.probe.benchmark`` with every method and seed; write the report.
 

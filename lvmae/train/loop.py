@@ -10,11 +10,14 @@ unbroken run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from lvmae.config import Config, save_config, section_dict
 from lvmae.data import DataStream, build_stream, to_device
 from lvmae.errors import ConfigError, LvmaeError
 from lvmae.io import atomic_write_json
+from lvmae.lock import dir_lock
 from lvmae.train.checkpoint import Checkpointer, CheckpointError
 from lvmae.train.engine import DistInfo, Engine, build_engine, setup_distributed
 from lvmae.train.export import write_export
@@ -400,14 +404,27 @@ def export_encoder(run: _Run) -> Path:
     return out
 
 
+def _exclusive(fn: Callable[[Config], dict[str, Any]]) -> Callable[[Config], dict[str, Any]]:
+    """A finished run's summary untouched (``--resume``), else ``fn`` under this rank's run-dir lock."""
+
+    @functools.wraps(fn)
+    def inner(cfg: Config) -> dict[str, Any]:
+        done = finished_summary(cfg)
+        if done is not None:
+            return done
+        rank = int(os.environ.get("RANK", "0"))
+        with dir_lock(cfg.run.out_dir, f"pretrain-rank{rank:05d}", "pretraining run"):
+            return fn(cfg)
+
+    return inner
+
+
+@_exclusive
 def pretrain(cfg: Config) -> dict[str, Any]:
     """Pre-train LV-MAE on ``cfg.data.stores``; write checkpoints, logs, export into ``cfg.run.out_dir``.
 
     Returns a summary: steps, first/last logged loss, retrieval, throughput, paths.
     """
-    done = finished_summary(cfg)
-    if done is not None:
-        return done
     run = _setup(cfg)
     start = run.step
     logger = MetricsLogger(run.dir, enabled=run.dist.is_main, resume_step=start if run.resumed_from else None)
