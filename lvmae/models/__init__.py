@@ -14,6 +14,7 @@ _LAZY = {
     "ReferenceLVMAE": "lvmae.models.reference",
     "save_pretrained": "lvmae.models.export",
     "load_pretrained": "lvmae.models.export",
+    "LVMAEModel": "lvmae.models.hub",
 }
 
 

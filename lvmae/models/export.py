@@ -1,8 +1,9 @@
 """Export the LV-MAE encoder so it loads without DeepSpeed or the training code.
 
 A directory holds ``encoder.safetensors`` (encoder-side weights: input projection,
-[CLS], encoder blocks and final norm; no decoder) and ``config.json``
-(``{"format": ..., "model": ModelConfig as a dict, "extra": {...}}``). Each file is
+[CLS], encoder blocks and final norm; no decoder), ``config.json``
+(``{"format": ..., "model": ModelConfig as a dict, "extra": {...}}``) and a model card
+``README.md`` (:mod:`lvmae.models.card`). Each file is
 written atomically and ``config.json`` last, so a directory with a config always has
 its weights. :func:`load_pretrained` also takes a Hugging Face id (``org/name[@revision]``,
 see :mod:`lvmae.hub`); :mod:`lvmae.models.hub` puts the same layout behind
@@ -20,17 +21,21 @@ from typing import Any
 import torch
 
 from lvmae.errors import DataError, LvmaeError
-from lvmae.io import atomic_write, atomic_write_json
+from lvmae.io import atomic_write, atomic_write_json, atomic_write_text
+from lvmae.models.card import card_text
 from lvmae.models.config import model_config_from_dict
 from lvmae.models.lvmae import LVMAE
 
 FORMAT = "lvmae-encoder/1"
 WEIGHTS = "encoder.safetensors"
 CONFIG = "config.json"
+CARD = "README.md"
 
 
-def save_pretrained(model: LVMAE, directory: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write ``model``'s encoder and config (plus JSON-serialisable ``extra``) to ``directory``."""
+def save_pretrained(model: LVMAE, directory: str | os.PathLike, extra: dict | None = None,
+                    card: bool = True) -> Path:
+    """Write ``model``'s encoder and config (plus JSON-serialisable ``extra``) to ``directory``,
+    and (``card``) its model card ``README.md`` (:mod:`lvmae.models.card`)."""
     from safetensors.torch import save_file
 
     d = Path(directory)
@@ -41,6 +46,21 @@ def save_pretrained(model: LVMAE, directory: str | os.PathLike, extra: dict | No
         raise LvmaeError(f"save_pretrained: extra must be JSON-serialisable ({e})") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.encoder_state_dict().items()}
     atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    if card:
+        atomic_write_text(d / CARD, card_text(model.cfg, meta["extra"]))
+    atomic_write_json(d / CONFIG, meta)
+    return d
+
+
+def add_probe_table(directory: str | os.PathLike, table: str) -> Path:
+    """Record a probing results table (Markdown) in an export's ``extra`` and rewrite its card."""
+    d = Path(directory)
+    try:
+        meta = json.loads((d / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{d} is not a readable LV-MAE export ({e})") from None
+    meta.setdefault("extra", {})["probe"] = table
+    atomic_write_text(d / CARD, card_text(model_config_from_dict(meta["model"]), meta["extra"]))
     atomic_write_json(d / CONFIG, meta)
     return d
 
