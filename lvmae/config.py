@@ -156,6 +156,9 @@ class DeepSpeedConfig:
     # Single CPU process only: skip compiling DeepSpeed's shared-memory all-reduce op
     # (~1 min on first use, useless with one rank).
     cpu_skip_shm_op: bool = True
+    # A DeepSpeed JSON merged over the config built from these keys (ZeRO buckets/offload, comms,
+    # profilers...); keys that these set must agree or be "auto"; no optimizer/scheduler. See docs/hub.md.
+    config_file: str | None = None
 
 
 @dataclass
@@ -323,6 +326,7 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(cfg.optim.warmup_steps >= 0 and cfg.optim.base_lr > 0, "optim.base_lr must be > 0, optim.warmup_steps >= 0")
     _check(cfg.optim.lr is None or cfg.optim.lr > 0, f"optim.lr must be > 0 or null, got {cfg.optim.lr}")
     _check(not t.compile or ds.engine == "torch", "train.compile needs deepspeed.engine=torch (untested under DeepSpeed)")
+    _check(not ds.config_file or ds.engine == "deepspeed", "deepspeed.config_file needs deepspeed.engine=deepspeed")
     _check(not (t.resume and t.restart), "train.resume and train.restart exclude each other: continue or start over")
     _check(t.compile_mode in COMPILE_MODES, f"train.compile_mode must be one of {COMPILE_MODES}, got {t.compile_mode!r}")
 

@@ -106,7 +106,7 @@ def _run(step_ms, **kw):
             "sequences_per_s": 1.0, "mfu": 0.1, "mfu_vs_spec": None, "peak_mem_gib": 1.0, **kw}
 
 
-def test_ratios_best_and_issue_targets():
+def test_ratios_best_and_paper_targets():
     results = {"reference": {"256": _run(150.0)},
                "fast": {"256": _run(40.0, first_loss=1.01)},
                "fast+bf16": {"256": _run(25.0, mfu=0.45)},
@@ -117,21 +117,21 @@ def test_ratios_best_and_issue_targets():
     assert results["fast+compile"]["256"]["speedup_vs_baseline"] is None
     best = bench_model.summarise(results, "reference")
     assert best["256"]["variant"] == "fast+bf16"
-    t = bench_model.issue_targets(results, best, "reference", batch=16)
+    t = bench_model.paper_targets(results, best, "reference", batch=16)
     assert t["step_ms_16x256"] == {"target": 30.0, "measured": 25.0, "met": True}
     assert t["mfu_16x256"]["met"] is True and t["speedup_16x256"]["met"] is True
     assert t["longest_batch1"]["met"] is None and t["speedup_4096_batch1"]["met"] is None
     long = {"reference": {"4096": _run(500.0), "8192": {"status": "oom"}},
             "fast": {"4096": _run(40.0), "32768": _run(900.0), "65536": {"status": "oom"}}}
     bench_model.add_ratios(long, "reference")
-    t = bench_model.issue_targets(long, bench_model.summarise(long, "reference"), "reference", batch=1)
+    t = bench_model.paper_targets(long, bench_model.summarise(long, "reference"), "reference", batch=1)
     assert t["longest_batch1"] == {"target": 32768, "measured": 32768, "met": True}
     assert t["speedup_4096_batch1"]["measured"] == pytest.approx(12.5) and t["speedup_4096_batch1"]["met"]
     short = {"reference": {"4096": _run(500.0)}, "fast": {"4096": _run(40.0), "8192": _run(90.0)}}
-    t = bench_model.issue_targets(short, {}, "reference", batch=1)
+    t = bench_model.paper_targets(short, {}, "reference", batch=1)
     assert t["longest_batch1"] == {"target": 32768, "measured": 8192, "met": None}  # 32768 never tried
     short["fast"]["32768"] = {"status": "oom"}
-    assert bench_model.issue_targets(short, {}, "reference", batch=1)["longest_batch1"]["met"] is False
+    assert bench_model.paper_targets(short, {}, "reference", batch=1)["longest_batch1"]["met"] is False
 
 
 def test_time_fn_warms_up_then_times():

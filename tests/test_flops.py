@@ -89,9 +89,9 @@ def test_model_flops_count_real_tokens_only():
     assert useful.forward < padded.forward < reference_flops(cfg, 3, 12).forward
 
 
-def test_paper_size_reproduces_the_issue_figures():
+def test_paper_size_reproduces_the_documented_figures():
     """Width 1024 x 32, decoder 512 x 8, 16 x 256 segments at 50 % masking: the reference
-    executes ~11 TFLOP per step, so 153 ms/step is ~9 % of an ~800 TFLOP/s peak (issue 8)."""
+    executes ~11 TFLOP per step, so 153 ms/step is ~9 % of an ~800 TFLOP/s peak (docs/performance.md)."""
     paper = ModelConfig(in_dim=1024, width=1024, depth=32, heads=16, decoder_width=512, decoder_depth=8,
                         decoder_heads=16)
     ref = reference_flops(paper, 16, 256).train_step

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8's GPU figures, paper-size LV-MAE, one JSON file per part (each part < 10 min on an H100):
+# GPU figures of paper-size LV-MAE (tools/bench_model.py PAPER_TARGETS), one JSON file per part (each part < 10 min on an H100):
 #   tools/bench_gpu.sh OUT_DIR [main|long|ragged|zero|memory|graphs|all]      (default: all)
 # main:   16 x 256: reference, fast, +bf16, +fused AdamW, +packed, +compile, +ckpt; data-loader
 #         share; profile of the fast bf16 step (top ops + chrome trace)

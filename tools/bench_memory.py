@@ -6,7 +6,7 @@
     python tools/bench_memory.py --render OUT.json                            # Markdown tables
 
 Why: whether one 32,768-segment sequence trains at the paper's size on an 80 GB GPU
-(issue 8) should be answerable before a GPU is at hand, and a user should be able to ask
+should be answerable before a GPU is at hand, and a user should be able to ask
 "which length fits on my card" without trying each one.
 
 Method. One training step through the project's engine (``bench_model``'s variants:

@@ -128,11 +128,12 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = False) ->
 
 
 def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, world: int, device: torch.device) -> dict[str, Any]:
-    """The DeepSpeed config dict: batch sizes, precision, ZeRO and clipping defined once, here."""
+    """The DeepSpeed config dict: batch sizes, precision, ZeRO and clipping defined once, here
+    (``deepspeed.config_file`` merged over it: :mod:`lvmae.train.ds_config`)."""
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage > 0:
         zero.update(contiguous_gradients=True, overlap_comm=device.type == "cuda")
-    return {
+    built = {
         "train_micro_batch_size_per_gpu": ds.micro_batch,
         "gradient_accumulation_steps": ds.grad_accum,
         "train_batch_size": ds.micro_batch * ds.grad_accum * world,
@@ -144,6 +145,11 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, world: int, device
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if ds.config_file:
+        from lvmae.train.ds_config import merge_file
+
+        return merge_file(built, ds.config_file)
+    return built
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
