@@ -221,6 +221,17 @@ class ProbeConfig:
     encode_batch: int = 16  # videos per LV-MAE encoder forward when encoding the probe set
     cache: bool = True  # keep LV-MAE encoder outputs on disk, reused across tasks and runs
     cache_dir: str = ""  # "" = <run.out_dir>/encoded
+    # Dense probing: one label per stored segment (Breakfast segmentation, COIN steps, synthetic
+    # step timelines, generic interval files) instead of one per video; see docs/dense-probing.md.
+    dense: bool = False
+    # Dense rows: raw_linear | raw_temporal | lvmae_linear | lvmae_temporal (per-segment linear head,
+    # or one MS-TCN stage of dilated temporal convolutions; lvmae_* need probe.checkpoint).
+    dense_methods: list[str] = field(
+        default_factory=lambda: ["raw_linear", "raw_temporal", "lvmae_linear", "lvmae_temporal"]
+    )
+    dense_width: int = 64  # temporal head: channels of its convolutions
+    dense_layers: int = 4  # temporal head: dilated layers (receptive field 2^(layers+1) - 1 segments)
+    dense_plots: int = 4  # test videos drawn as timelines (ground truth vs each method)
 
 
 @dataclass
@@ -310,6 +321,8 @@ def validate(cfg: Config) -> Config:
     _check(bool(cfg.probe.seeds), "probe.seeds must not be empty")
     _check(cfg.probe.attn_dim >= 0 and cfg.probe.attn_patience >= 0, "probe.attn_dim and probe.attn_patience must be >= 0")
     _check(all(lr > 0 for lr in [cfg.probe.lr, *cfg.probe.linear_lrs]), "probe.lr and probe.linear_lrs must be > 0")
+    _check(cfg.probe.dense_width >= 1 and cfg.probe.dense_layers >= 0 and cfg.probe.dense_plots >= 0,
+           "probe.dense_width must be >= 1, probe.dense_layers and probe.dense_plots >= 0")
     return cfg
 
 

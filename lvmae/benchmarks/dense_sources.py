@@ -32,6 +32,7 @@ from lvmae.benchmarks import breakfast, coin
 from lvmae.benchmarks.base import SPLITS, read_lines
 from lvmae.benchmarks.dense import IGNORE, DenseLabels, DenseRecord, DenseTask, Interval
 from lvmae.errors import DataError
+from lvmae.synth.plan import SCRIPT_PHASES
 
 BREAKFAST_FPS = 15.0
 COIN_STEPS = 778
@@ -147,8 +148,7 @@ def load_synth(path: str | os.PathLike, tasks: list[str] | None = None) -> Dense
     out = {}
     for task in _pick(tasks, have, "synthetic dense"):
         label = SYNTH_TASKS[task]
-        names = (tuple(t["name"] for t in man["step_types"]) if task == "step"
-                 else tuple(man["tasks"]["script"]["phases"]))
+        names = tuple(t["name"] for t in man["step_types"]) if task == "step" else SCRIPT_PHASES
         recs = [DenseRecord(v["video_id"], v["split"],
                             tuple(Interval(float(st["start"]), float(st["end"]), label(st)) for st in v["steps"]),
                             float(v["duration"])) for v in man["videos"]]

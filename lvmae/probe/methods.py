@@ -29,16 +29,22 @@ METHODS = {m.name: m for m in (
 )}
 
 
-def select_methods(names: list[str], have_encoder: bool) -> tuple[list[Method], dict[str, str]]:
-    """Methods to run, and those skipped with the reason (LV-MAE rows without a checkpoint)."""
-    unknown = [n for n in names if n not in METHODS]
+def select_methods(names: list[str], have_encoder: bool, known: dict[str, Method] | None = None,
+                   key: str = "probe.methods") -> tuple[list[Method], dict[str, str]]:
+    """Methods to run, and those skipped with the reason (LV-MAE rows without a checkpoint).
+
+    ``known`` is the table the names come from (default :data:`METHODS`, the video probes);
+    ``key`` names the config key in errors.
+    """
+    known = METHODS if known is None else known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConfigError(f"unknown probe.methods {unknown}; known: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown {key} {unknown}; known: {', '.join(known)}")
     if not names:
-        raise ConfigError("probe.methods is empty")
+        raise ConfigError(f"{key} is empty")
     run, skipped = [], {}
     for n in dict.fromkeys(names):
-        m = METHODS[n]
+        m = known[n]
         if m.features == "lvmae" and not have_encoder:
             skipped[n] = "no probe.checkpoint given"
         else:

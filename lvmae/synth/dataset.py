@@ -137,7 +137,8 @@ def manifest(cfg: SynthConfig, plans: list[VideoPlan], digest: str) -> dict[str,
                 "video_id": p.video_id, "file": f"videos/{p.video_id}.mp4", "split": p.split,
                 "labels": p.labels, "num_segments": p.num_segments, "duration": p.num_segments * seg,
                 "steps": [
-                    {"type": names[s.type], "type_id": s.type, "state": s.state, "start_segment": s.start,
+                    {"type": names[s.type], "type_id": s.type, "state": s.state, "phase": s.phase,
+                     "start_segment": s.start,
                      "segments": s.segments, "start": s.start * seg, "end": (s.start + s.segments) * seg}
                     for s in p.steps
                 ],

@@ -19,6 +19,12 @@ decides only *where* they go, never *how much* of them there is:
 - ``direction`` (2 classes): filler types follow the script cycle G -> H -> ... (class 0)
   or the exact reverse of such a sequence (class 1).
 - ``appearance`` (2 classes): step type F occurs once (class 1) or not at all (class 0).
+- ``script`` (2 classes, and a dense per-segment label): filler types follow the script
+  cycle G -> H -> ... forwards or backwards, and the direction turns 1 or 2 times at
+  random filler steps; the label is the direction in force at the end. Each step also
+  carries its *phase*, the direction in force while it plays (task steps keep the
+  phase of the filler before them). A segment looks the same in either phase, so a
+  per-segment probe is at chance on the phase; its neighbours' order reveals it.
 
 A mean (or any order-free pooling, e.g. attention without positions) of per-segment
 features sees only the multiset of (step type, scene state) segments; for order,
@@ -52,8 +58,9 @@ class TaskSpec:
 SPECIAL_TYPES = {"order": "AB", "precedes": "CD", "count": "E", "appearance": "F"}
 A, B, C, D, E, F = range(6)  # the task step types; fillers follow
 NUM_SPECIAL = 6
-TASK_NAMES = ("order", "precedes", "count", "appearance", "direction")  # fixed ids: label seeds depend on them
+TASK_NAMES = ("order", "precedes", "count", "appearance", "direction", "script")  # fixed ids: label seeds depend on them
 SPLITS = ("train", "val", "test")
+SCRIPT_PHASES = ("forwards", "backwards")
 _MAX_TRIES = 20000
 
 
@@ -79,6 +86,10 @@ def task_specs(cfg: SynthConfig) -> dict[str, TaskSpec]:
         "appearance": TaskSpec(
             ("no F", "F occurs"), True, "F's segments shift the mean of the features",
         ),
+        "script": TaskSpec(
+            ("ends forwards", "ends backwards"), False,
+            "a cycle run forwards or backwards holds the same steps; only their order differs",
+        ),
     }
     return {t: specs[t] for t in cfg.tasks}
 
@@ -99,13 +110,15 @@ class Step:
     """One step: a type id, its first segment, its length in segments and its scene state.
 
     ``state`` (fillers only, with ``order_trace``) counts the order steps (A, B) already
-    done: those steps leave a lasting trace on the scene, as real steps do.
+    done: those steps leave a lasting trace on the scene, as real steps do. ``phase``
+    (``script`` task) is the script direction in force; it is never rendered.
     """
 
     type: int
     start: int
     segments: int
     state: int = 0
+    phase: int = 0
 
 
 @dataclass
@@ -139,6 +152,8 @@ def check_config(cfg: SynthConfig) -> None:
 
     unknown = [t for t in cfg.tasks if t not in TASK_NAMES]
     need(not unknown, f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")
+    need(not {"direction", "script"} <= set(cfg.tasks), "tasks: direction and script both order the fillers; "
+         "choose one")
     need(len(set(cfg.tasks)) == len(cfg.tasks), "tasks: a task is listed twice")
     need(len(cfg.splits) == 3 and min(cfg.splits) >= 0 and sum(cfg.splits) > 0,
          "splits must be three non-negative fractions (train, val, test)")
@@ -203,18 +218,23 @@ def plan_dataset(cfg: SynthConfig) -> list[VideoPlan]:
 
 def plan_steps(cfg: SynthConfig, index: int, labels: dict[str, int]) -> list[Step]:
     """The step timeline of video ``index`` given its labels (see the module doc)."""
-    counts, durs, perm, fill, assign = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(5)
+    counts, durs, perm, fill, assign, turns = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(6)
     )
     roles, durations = _draw_steps(cfg, labels, counts, durs)
     roles = [roles[i] for i in _arrange(cfg, roles, perm)]
     types = _assign_types(cfg, roles, labels, len(durations[D]), assign)
-    fillers = iter(_fillers(cfg, durations.pop(-1), labels.get("direction"), fill))
+    lengths = durations.pop(-1)
+    if "script" in cfg.tasks:
+        fill_list = _script_fillers(cfg, lengths, labels["script"], fill, turns)
+    else:
+        fill_list = [(ty, n, 0) for ty, n in _fillers(cfg, lengths, labels.get("direction"), fill)]
+    fillers = iter(fill_list)
     trace = cfg.order_trace and "order" in cfg.tasks
-    steps, t, milestones = [], 0, 0
+    steps, t, milestones, phase = [], 0, 0, fill_list[0][2] if fill_list else 0
     for ty in types:
-        ty, n = next(fillers) if ty == -1 else (ty, durations[ty].pop(0))
-        steps.append(Step(ty, t, n, milestones if trace and ty >= NUM_SPECIAL else 0))
+        ty, n, phase = next(fillers) if ty == -1 else (ty, durations[ty].pop(0), phase)
+        steps.append(Step(ty, t, n, milestones if trace and ty >= NUM_SPECIAL else 0, phase))
         milestones += ty in (A, B)
         t += n
     return steps
@@ -336,3 +356,37 @@ def _fillers(cfg: SynthConfig, lengths: list[int], direction: int | None, rng) -
             seq.append(int((prev + rng.integers(1, n_types)) % n_types))
     out = [(NUM_SPECIAL + t, n) for t, n in zip(seq, lengths)]
     return out[::-1] if direction == 1 else out
+
+
+def script_turns(n_fill: int, label: int, rng) -> tuple[int, list[int]]:
+    """Initial direction and the filler indices where the script turns (1 or 2 of them).
+
+    Turns fall on fillers 2 .. n_fill - 2, at least 2 apart, so every phase shows at
+    least two consecutive fillers (the order of a pair is what reveals a direction). The
+    number of turns is drawn without the label; the initial direction then makes the
+    final direction equal to ``label``.
+    """
+    slots = list(range(2, n_fill - 1))
+    k = int(rng.integers(1, 3))
+    for _ in range(_MAX_TRIES):
+        at = sorted(int(x) for x in rng.choice(slots, size=min(k, len(slots)), replace=False))
+        if all(b - a >= 2 for a, b in zip(at, at[1:])):
+            return label ^ (len(at) % 2), at
+    raise ConfigError("synth: the script task needs more filler steps (raise synth.filler_steps)")
+
+
+def _script_fillers(cfg: SynthConfig, lengths: list[int], label: int, fill, turns) -> list[tuple[int, int, int]]:
+    """(type, segments, phase) of the filler steps: the script cycle, turning at :func:`script_turns`."""
+    if len(lengths) < 4:
+        raise ConfigError("synth: the script task needs at least 4 filler steps (synth.filler_steps)")
+    phase, at = script_turns(len(lengths), label, turns)
+    n_types = cfg.filler_types
+    seq, phases = [int(fill.integers(n_types))], [phase]
+    for j in range(1, len(lengths)):
+        phase ^= j in at
+        step = 1 if phase == 0 else -1
+        prev = seq[-1]
+        nxt = (prev + step) % n_types if fill.random() >= cfg.script_noise else (prev + fill.integers(1, n_types))
+        seq.append(int(nxt) % n_types)
+        phases.append(phase)
+    return [(NUM_SPECIAL + t, n, p) for t, n, p in zip(seq, lengths, phases)]
