@@ -7,15 +7,21 @@ delete it without touching a file another live process (or node) is still writin
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import resource
+import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from lvmae.errors import LvmaeError
 
 _HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
 _TMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
@@ -31,16 +37,79 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+class WriteError(LvmaeError):
+    """A file could not be written: disk full, file-size limit or quota."""
+
+
+_FULL = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large",
+         errno.EDQUOT: "disk quota exceeded"}
+
+
+def _cause(e: BaseException, path: Path) -> str | None:
+    """Why writing ``path`` failed, if it is a disk-full kind of failure; None for any other error.
+
+    torch, numpy and safetensors do not always keep the OS error: torch raises a RuntimeError
+    ("unexpected pos ..."), numpy "N requested and M written". Then the disk and the
+    file-size limit are asked.
+    """
+    codes = [getattr(e, "errno", None)] + [c for c in _FULL if os.strerror(c) in str(e)]
+    code = next((c for c in codes if c in _FULL), None)
+    if code is not None:
+        cause = _FULL[code]
+    elif isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == "SafetensorError":
+        cause = _diagnose(path)
+        if cause is None:
+            return None
+    else:
+        return None
+    if code == errno.EFBIG or cause.startswith("file too large"):
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY:
+            cause = f"file too large (this process may write at most {soft} bytes per file: ulimit -f)"
+    return cause
+
+
+def _diagnose(path: Path) -> str | None:
+    directory = next((p for p in [path, *path.parents] if p.is_dir()), Path("."))
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(directory).free < 1 << 20:
+            return "no space left on device"
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if soft != resource.RLIM_INFINITY and path.exists() and path.stat().st_size >= soft - (1 << 16):
+        return "file too large"
+    return None
+
+
+@contextlib.contextmanager
+def guard_write(path: str | os.PathLike, name: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn a disk-full, size-limit or quota failure while writing ``path`` into one :class:`WriteError`
+    (naming ``name``, the file the user knows, when ``path`` is its temp file)."""
+    try:
+        yield
+    except LvmaeError:
+        raise
+    except Exception as e:
+        cause = _cause(e, Path(path))
+        if cause is None:
+            raise
+        raise WriteError(f"cannot write {name or path}: {cause}; nothing was replaced (free some space or "
+                         "raise the limit, then run the same command again)") from e
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file in the same directory, fsync, rename over ``path``."""
+    """Call ``write(tmp_path)`` on a temp file in the same directory, fsync, rename over ``path``.
+
+    A full disk or a file-size limit raises :class:`WriteError` naming ``path``; the old file stays.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{tmp_owner()}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with guard_write(tmp, path):
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
@@ -69,7 +138,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     line of its own, so readers lose only the torn one (they skip lines they cannot parse).
     """
     data = (line + "\n").encode("utf-8")
-    with open(path, "a+b") as f:
+    with guard_write(path), open(path, "a+b") as f:
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":

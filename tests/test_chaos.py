@@ -110,3 +110,125 @@ def test_probe_and_extraction_shards_are_locked(tmp_path):
             extract(tmp_path / "v", tmp_path / "feats", ec, shard="0/2", progress=False)
         extract(tmp_path / "v", tmp_path / "feats", ec, shard="1/2", progress=False)  # another shard: fine
     assert json.loads((tmp_path / "feats" / "store.json").read_text())["config_hash"]
+
+
+# ---- full disk, file-size limit --------------------------------------------
+
+LIMITED = textwrap.dedent("""
+    import resource, sys
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from lvmae.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def run_limited(limit, *args):
+    """``lvmae ARGS`` in a process that may write at most ``limit`` bytes per file (``ulimit -f``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", LIMITED, str(limit), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+def test_checkpoint_over_the_file_size_limit_is_one_line_and_keeps_the_last_good_one(store, tmp_path):
+    """torch/safetensors raised a RuntimeError traceback; now one line naming file and cause."""
+    from lvmae.train.checkpoint import Checkpointer
+
+    out = tmp_path / "run"
+    args = ["pretrain", *FAST, f"data.stores=[{store.root}]", f"run.out_dir={out}", "train.save_every=4",
+            "train.steps=8"]
+    assert run_limited(2**30, *args, "train.steps=4").returncode == 0
+    r = run_limited(64 * 1024, *args, "--resume")  # model.safetensors is ~110 KB
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]  # the lines before it are the run's log
+    assert last.startswith("lvmae pretrain: error: cannot write ") and last.count("\n") == 0
+    assert "model.safetensors: file too large (this process may write at most 65536 bytes" in last
+    assert Checkpointer(out / "checkpoints", 3).latest().name == "step_00000004"  # verified, untouched
+    assert run_limited(2**30, *args, "--resume").returncode == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+
+
+WRITERS = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np, torch
+    from pathlib import Path
+    from lvmae.errors import LvmaeError
+    from lvmae.io import append_line, atomic_write_text
+    from lvmae.store import FeatureStore
+    from lvmae.train.engine import save_weights
+    out = Path(sys.argv[1])
+    store = FeatureStore.create(out / "store", {"config_hash": "h", "modalities": {"vision": {"dim": 64}}})
+    store.writer().write("small", {"vision": np.ones((2, 64), np.float32)})
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))
+    cases = {
+        "npy": lambda: store.writer().write("big", {"vision": np.ones((1000, 64), np.float32)}),
+        "safetensors": lambda: save_weights(torch.nn.Linear(100, 100), out / "w.safetensors"),
+        "text": lambda: atomic_write_text(out / "t.txt", "x" * 100000),
+        "jsonl": lambda: [append_line(out / "log.jsonl", "y" * 1000) for _ in range(100)],
+    }
+    res = {}
+    for name, fn in cases.items():
+        try:
+            fn()
+            res[name] = "no error"
+        except LvmaeError as e:
+            res[name] = str(e)
+    res["store"] = sorted(FeatureStore.open(out / "store").video_ids)
+    print(json.dumps(res))
+""")
+
+
+def test_every_writer_names_file_and_cause(tmp_path):
+    """numpy said "64000 requested and 32640 written", torch "unexpected pos": neither file nor cause."""
+    r = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.splitlines()[-1])
+    for name, file in (("npy", ".vision.npy"), ("safetensors", "w.safetensors"), ("text", "t.txt"),
+                       ("jsonl", "log.jsonl")):
+        assert file in res[name] and "file too large" in res[name], (name, res[name])
+    assert res["store"] == ["small"]  # the failed video was never recorded
+    assert not list((tmp_path / "store" / "features").glob(".*.tmp"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount rights; skipped elsewhere: the size-limit tests cover the rest)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_store_write_is_one_line_and_the_store_stays_readable(tiny_disk):
+    import numpy as np
+
+    from lvmae.io import WriteError
+    from lvmae.store import FeatureStore
+
+    store = FeatureStore.create(tiny_disk / "store", {"config_hash": "h", "modalities": {"vision": {"dim": 64}}})
+    w = store.writer()
+    w.write("a", {"vision": np.ones((10, 64), np.float32)})
+    with pytest.raises(WriteError, match=r"cannot write .*features/big\d+-\w+\.vision\.npy: no space left on device"):
+        for i in range(100):
+            w.write(f"big{i}", {"vision": np.ones((2000, 64), np.float32)})
+    assert "a" in FeatureStore.open(store.root).video_ids
+    assert not list((store.root / "features").glob(".*.tmp"))
+
+
+def test_unexpected_exception_is_one_line_with_a_traceback_hint(monkeypatch, capsys):
+    import lvmae.commands.config as command
+    from lvmae.cli import main
+
+    def boom(args):
+        raise ValueError("something\nunforeseen")
+
+    monkeypatch.setattr(command, "run", boom)
+    assert main(["config"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("lvmae config: internal error: ValueError: something unforeseen (run again with "
+                           "--traceback or LVMAE_TRACEBACK=1 for the traceback)")
+    with pytest.raises(ValueError):
+        main(["--traceback", "config"])

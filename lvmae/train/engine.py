@@ -24,6 +24,7 @@ from torch import nn
 
 from lvmae.config import Config, DeepSpeedConfig, OptimConfig
 from lvmae.errors import ConfigError, DataError
+from lvmae.io import guard_write
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -150,13 +151,19 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, world: int, device
 
         return merge_file(built, ds.config_file)
     return built
+    if ds.config_file:
+        from lvmae.train.ds_config import merge_file
+
+        return merge_file(built, ds.config_file)
+    return built
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
     """The module's full state dict as safetensors (copies: ZeRO/bf16 params are views of flat buffers)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}, str(path))
+    with guard_write(path):
+        save_file({k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
@@ -281,7 +288,8 @@ class TorchEngine(_EngineBase):
             save_weights(self.model, path / "model.safetensors")
             state = {"optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict() if self.scaler else None}
-            torch.save(state, path / "optimizer.pt")
+            with guard_write(path / "optimizer.pt"):
+                torch.save(state, path / "optimizer.pt")
 
     def load(self, path: Path) -> None:
         load_weights(self.model, path / "model.safetensors")
@@ -335,7 +343,8 @@ class DeepSpeedEngine(_EngineBase):
             yield self.model
 
     def save(self, path: Path) -> None:
-        self.ds.save_checkpoint(str(path), tag="ds", save_latest=False)
+        with guard_write(path / "ds"):
+            self.ds.save_checkpoint(str(path), tag="ds", save_latest=False)
         with self.gathered() as module:
             if self.dist.is_main:
                 save_weights(module, path / "model.safetensors")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lvmae.io import atomic_write, atomic_write_text
+from lvmae.io import atomic_write, atomic_write_text, guard_write
 
 
 @torch.no_grad()
@@ -81,7 +81,7 @@ class MetricsLogger:
             return
         for k, v in scalars.items():
             self.tb.add_scalar(k, v, step)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with guard_write(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
 
     def close(self) -> None:
