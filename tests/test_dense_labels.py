@@ -144,3 +144,58 @@ def test_store_without_segment_rule_is_refused(tmp_path):
     path.write_text("video_id,split,task,start,end,label\na,train,t,0,5,0\n")
     with pytest.raises(DataError, match="does not record its segment length"):
         match_dense(load_dense("generic", path), store, [])
+
+
+def _script_cfg(**kw):
+    from lvmae.config import load_config
+
+    over = ["synth.tasks=[script,appearance]", "synth.num_videos=30", "synth.segments_per_step=[1,2]",
+            "synth.filler_steps=[6,9]", *(f"synth.{k}={v}" for k, v in kw.items())]
+    return load_config([], over).synth
+
+
+def test_synth_script_phases_follow_the_fillers_and_end_on_the_label():
+    from lvmae.synth.plan import NUM_SPECIAL, plan_dataset
+
+    cfg = _script_cfg(script_noise=0.0)
+    turns = []
+    for p in plan_dataset(cfg):
+        fillers = [s for s in p.steps if s.type >= NUM_SPECIAL]
+        assert p.steps[-1].phase == p.labels["script"]  # the label is the direction in force at the end
+        for a, b in zip(fillers, fillers[1:]):  # without noise every pair of fillers follows its phase
+            step = 1 if b.phase == 0 else -1
+            assert b.type - NUM_SPECIAL == (a.type - NUM_SPECIAL + step) % cfg.filler_types
+        changes = sum(a.phase != b.phase for a, b in zip(fillers, fillers[1:]))
+        assert changes in (1, 2)
+        turns.append(changes)
+        for prev, s in zip(p.steps, p.steps[1:]):
+            if s.type < NUM_SPECIAL:  # task steps keep the phase of the step before them
+                assert s.phase == prev.phase
+    assert set(turns) == {1, 2}
+
+
+def test_synth_script_refuses_direction_too():
+    from lvmae.errors import ConfigError
+    from lvmae.synth.plan import check_config
+
+    with pytest.raises(ConfigError, match="direction and script"):
+        check_config(_script_cfg(tasks="[direction,script]"))
+
+
+def test_synth_manifest_dense_tasks(tmp_path):
+    from lvmae.synth import manifest
+    from lvmae.synth.plan import plan_dataset
+
+    cfg = _script_cfg()
+    plans = plan_dataset(cfg)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest(cfg, plans, "h")))
+    labels = load_dense("synth", tmp_path)
+    assert list(labels.tasks) == ["step", "script"]
+    assert labels.tasks["script"].class_names == ("forwards", "backwards")
+    store = make_store(tmp_path / "s", {p.video_id: p.num_segments for p in plans}, seconds=cfg.segment_seconds)
+    tasks, _ = match_dense(labels, store, store.video_ids)
+    for name, want in (("step", lambda p: p.segment_types()),
+                       ("script", lambda p: np.repeat([s.phase for s in p.steps], [s.segments for s in p.steps]))):
+        got = {sid: y for sp in tasks[name].splits.values() for sid, y in zip(sp.store_ids, sp.labels)}
+        assert all((got[p.video_id] == want(p)).all() for p in plans)
+        assert tasks[name].grid["differs_fraction"] == 0.0
