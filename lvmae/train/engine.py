@@ -151,11 +151,6 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, world: int, device
 
         return merge_file(built, ds.config_file)
     return built
-    if ds.config_file:
-        from lvmae.train.ds_config import merge_file
-
-        return merge_file(built, ds.config_file)
-    return built
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
