@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from lvmae.errors import LvmaeError
 
-COMMANDS = ("synth", "extract", "pretrain", "probe", "demo", "export", "config")
+COMMANDS = ("synth", "extract", "pretrain", "probe", "demo", "export", "config", "store")
 
 EPILOG = """\
 examples:

@@ -128,6 +128,10 @@ class DataConfig:
     bucket_by_length: bool = True  # batch crops of similar length (less padding); false = random
     bucket_window: int = 32  # micro-batches pooled and sorted by crop length when bucketing
     num_workers: int = 0  # DataLoader worker processes per rank; 0 = load in the training process
+    # Stores made with different encoders or segment rules (config_hash) are refused in one run;
+    # true mixes them anyway.
+    allow_mixed_stores: bool = False
+    check_stores: bool = False  # read every feature file first (shape, NaN/inf, files; as lvmae store check)
 
 
 @dataclass
@@ -333,6 +337,7 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(all(w >= 0 for w in d.weights) and (not d.weights or sum(d.weights) > 0),
            "data.weights must be >= 0 and not all zero")
     _check(d.bucket_window >= 1, "data.bucket_window must be >= 1")
+    _check_something_masked(cfg.masking.ratio, d.min_len, d.max_len)
     _check(ds.micro_batch >= 1 and ds.grad_accum >= 1, "deepspeed.micro_batch and deepspeed.grad_accum must be >= 1")
     _check(t.steps >= 1 and t.save_every >= 1 and t.log_every >= 1 and t.keep_last >= 1,
            "train.steps, train.save_every, train.log_every and train.keep_last must be >= 1")
@@ -342,6 +347,18 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(not ds.config_file or ds.engine == "deepspeed", "deepspeed.config_file needs deepspeed.engine=deepspeed")
     _check(not (t.resume and t.restart), "train.resume and train.restart exclude each other: continue or start over")
     _check(t.compile_mode in COMPILE_MODES, f"train.compile_mode must be one of {COMPILE_MODES}, got {t.compile_mode!r}")
+
+
+def _check_something_masked(ratio: float, min_len: int, max_len: int) -> None:
+    """Every crop length masks >= 1 segment (visible = max(1, round((1 - ratio) * length))), else a
+    batch of such crops trains nothing (loss 0)."""
+    bare = [n for n in range(min_len, max_len + 1) if n - max(1, round((1.0 - ratio) * n)) < 1]
+    if not bare:
+        return
+    fix = (f"raise data.min_len to {bare[-1] + 1}" if bare[-1] < max_len else "raise data.max_len") + \
+        " or masking.ratio"
+    raise ConfigError(f"masking.ratio={ratio} masks nothing in a crop of {bare[0]} segment(s) (data.min_len="
+                      f"{min_len}): such crops train nothing; {fix}")
 
 
 def load_config(

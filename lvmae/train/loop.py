@@ -27,6 +27,7 @@ from torch import nn
 
 from lvmae.config import Config, save_config, section_dict
 from lvmae.data import DataStream, build_stream, to_device
+from lvmae.data.checks import check_before_training
 from lvmae.errors import ConfigError, LvmaeError
 from lvmae.io import atomic_write_json
 from lvmae.lock import dir_lock
@@ -82,6 +83,8 @@ def _setup(cfg: Config) -> _Run:
     run_dir = Path(cfg.run.out_dir)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, dist.rank)
     latest = _resume_point(cfg, ckpt, dist)
+    check_before_training(cfg.data.stores, cfg.data.allow_mixed_stores, cfg.masking.ratio, cfg.data.short_policy,
+                          scan=cfg.data.check_stores)
     scales = cfg.model.rope.train_scales if cfg.model.rope.kind == "hope" else []
     stream = build_stream(cfg.data, cfg.masking, scales, cfg.deepspeed.micro_batch,
                           seed=cfg.run.seed, rank=dist.rank, world=dist.world,
