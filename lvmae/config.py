@@ -30,6 +30,10 @@ class RunConfig:
     seed: int = 0  # pretraining RNG: init, crop order, masks, HoPE scales (dropout: seed + rank)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm progress bars (extract, synth, pretrain, probe); false for logs
+    # Pretraining metric sinks beside RUN/metrics.jsonl (always written): tensorboard (RUN/tb) |
+    # wandb (Weights & Biases, `pip install lvmae[wandb]`; WANDB_MODE=offline needs no account).
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    wandb_project: str = "lvmae"  # W&B project of run.loggers=[...,wandb] (entity, mode: WANDB_* variables)
 
 
 @dataclass
@@ -345,6 +349,8 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(cfg.optim.lr is None or cfg.optim.lr > 0, f"optim.lr must be > 0 or null, got {cfg.optim.lr}")
     _check(not t.compile or ds.engine == "torch", "train.compile needs deepspeed.engine=torch (untested under DeepSpeed)")
     _check(not ds.config_file or ds.engine == "deepspeed", "deepspeed.config_file needs deepspeed.engine=deepspeed")
+    _check(set(cfg.run.loggers) <= {"tensorboard", "wandb"},
+           f"run.loggers must name tensorboard and/or wandb, got {cfg.run.loggers}")
     _check(not (t.resume and t.restart), "train.resume and train.restart exclude each other: continue or start over")
     _check(t.compile_mode in COMPILE_MODES, f"train.compile_mode must be one of {COMPILE_MODES}, got {t.compile_mode!r}")
 

@@ -95,7 +95,7 @@ def _snapshot(repo: str, revision: str | None, key: str, patterns: tuple[str, ..
     try:
         path = snapshot_download(repo, revision=revision, allow_patterns=list(patterns),
                                  local_files_only=local_only, **kwargs)
-    except (errors.LocalEntryNotFoundError, errors.IncompleteSnapshotError):
+    except (errors.LocalEntryNotFoundError, getattr(errors, "IncompleteSnapshotError", errors.LocalEntryNotFoundError)):
         why = "HF_HUB_OFFLINE is set and it is not" if local_only else "the Hub is unreachable and it is not"
         raise HubError(f"{where}: {why} in the Hugging Face cache; fetch it once with "
                        f"`{fetch_command(repo, revision)}` (on a machine with network)") from None

@@ -430,7 +430,9 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     """
     run = _setup(cfg)
     start = run.step
-    logger = MetricsLogger(run.dir, enabled=run.dist.is_main, resume_step=start if run.resumed_from else None)
+    logger = MetricsLogger(run.dir, enabled=run.dist.is_main, resume_step=start if run.resumed_from else None,
+                           loggers=cfg.run.loggers,
+                           wandb={"project": cfg.run.wandb_project, "config": dataclasses.asdict(cfg)})
     ok = False
     try:
         last = _train(run, logger) if run.step < run.cfg.train.steps else {}

@@ -62,31 +62,44 @@ class MetricsLogger:
     curves show each step once.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None,
+                 loggers: Sequence[str] = ("tensorboard",), wandb: dict[str, Any] | None = None):
+        """``loggers``: sinks beside ``metrics.jsonl``, ``tensorboard`` and/or ``wandb``
+        (:class:`~lvmae.train.wandb_logger.WandbLogger`, whose keyword arguments ``wandb`` holds)."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
+        self.sinks: list[Any] = []
         if not enabled:
             return
         if resume_step is not None:
             truncate_metrics(self.path, resume_step)
         elif self.path.exists():
             self.path.unlink()
-        from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in loggers:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+        if "wandb" in loggers:
+            from lvmae.train.wandb_logger import WandbLogger
+
+            self.sinks.append(WandbLogger(run_dir, resume=resume_step is not None, **(wandb or {})))
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        for k, v in scalars.items():
+        for k, v in scalars.items() if self.tb is not None else ():
             self.tb.add_scalar(k, v, step)
+        for sink in self.sinks:
+            sink.log(step, scalars)
         with guard_write(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
