@@ -139,3 +139,38 @@ def test_cli_dense_raw_only_and_errors(dense_run, capsys):
     assert "# Dense probing results: generic" in out and "lvmae_linear: skipped" in out
     with pytest.raises(ConfigError, match="unknown probe.dense_methods"):
         run_probe(load_config(overrides=dense_args(tmp, "x", "probe.dense_methods=[raw_mean_sklearn]")))
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.mark.skipif(not (SHARED / "breakfast" / "segmentation_sample").is_dir(), reason="no shared datasets")
+@pytest.mark.parametrize("recipe,labels,videos", [
+    ("probe/breakfast_seg", SHARED / "breakfast" / "segmentation_sample",
+     {"P03/cam01/P03_cereals.avi": 56, "P03/cam01/P03_coffee.avi": 62, "P47/webcam01/P47_cereals.avi": 43}),
+    ("probe/coin_steps", SHARED / "coin" / "COIN.sample.json",
+     {"LtRSn-ntcLY": 131, "sample-test-01": 240, "sample-val-02": 95}),
+])
+def test_experiment_files_run_on_the_sample_layouts(tmp_path, recipe, labels, videos, capsys):
+    """The shipped experiments on the real label layouts, with 1-s segments of random features."""
+    if recipe == "probe/coin_steps":  # the sample has one training video: copy it to carve val from
+        db = json.loads(labels.read_text())
+        db["database"]["copy-train"] = db["database"]["LtRSn-ntcLY"]
+        labels = tmp_path / "COIN.json"
+        labels.write_text(json.dumps(db))
+        videos = {**videos, "copy-train": 131}
+    rng = np.random.default_rng(0)
+    store = FeatureStore.create(tmp_path / "store", {"config_hash": "s", "modalities": {"vision": {"dim": 4}},
+                                                     "dtype": "float32", "segment": {"seconds": 1.0, "stride": 1.0}})
+    w = store.writer()
+    for vid, n in videos.items():
+        w.write(vid, {"vision": rng.normal(size=(n, 4)).astype(np.float32)})
+    args = ["probe", "-c", recipe, f"probe.labels={labels}", f"probe.store={tmp_path / 'store'}",
+            f"run.out_dir={tmp_path / 'out'}", "probe.epochs=2", "probe.seeds=[0]", "run.progress=false",
+            "run.device=cpu"]
+    assert main(args) == 0
+    js = json.loads((tmp_path / "out" / "results.json").read_text())
+    task = next(iter(js["tasks"].values()))
+    assert task["n"]["test"] >= 1 and set(js["methods"]) == {"raw_linear", "raw_temporal"}
+    assert list((tmp_path / "out" / "plots").glob("timeline_*.png"))
+    assert "F1@25" in capsys.readouterr().out

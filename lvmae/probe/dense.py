@@ -175,17 +175,17 @@ def _make_head(cfg: Config, method: Method, dim: int, out: int) -> Callable[[], 
 
 
 def _data(task: MatchedDenseTask, bank: SequenceBank) -> DenseData:
-    ids = [sid for sp in task.splits.values() for sid in sp.store_ids]
-    ys = [y for sp in task.splits.values() for y in sp.labels]
-    lab = label_bank(ids, ys)
-    got = bank.lengths[bank.rows(ids)]
-    if not torch.equal(got, lab.lengths):
-        i = int((got != lab.lengths).nonzero()[0])
-        raise DataError(f"video {ids[i]!r}: {int(got[i])} feature tokens but {int(lab.lengths[i])} segment labels; "
-                        "dense probes need one token per segment")
+    """The task's labels in a bank row-aligned with ``bank`` (videos outside the task: all IGNORE)."""
+    given = {sid: y for sp in task.splits.values() for sid, y in zip(sp.store_ids, sp.labels)}
+    for sid, y in given.items():
+        n = int(bank.lengths[bank.rows([sid])[0]])
+        if n != len(y):
+            raise DataError(f"video {sid!r}: {n} feature tokens but {len(y)} segment labels; "
+                            "dense probes need one token per segment")
+    ys = [given.get(v, np.full(int(n), IGNORE)) for v, n in zip(bank.ids, bank.lengths.tolist())]
     rows = {s: bank.rows(sp.store_ids) for s, sp in task.splits.items()}
     trues = {s: list(sp.labels) for s, sp in task.splits.items()}
-    return DenseData(bank, lab, rows, trues, task.task.num_classes, task.task.background)
+    return DenseData(bank, label_bank(bank.ids, ys), rows, trues, task.task.num_classes, task.task.background)
 
 
 def _aggregate_dense(per_seed: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
