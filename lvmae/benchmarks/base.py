@@ -280,4 +280,4 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"label file not found: {p}")
-    return p.read_text(encoding="utf-8").splitlines()
+    return p.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Excel) is not part of the first line

@@ -63,7 +63,7 @@ def store_keys(store_id: str) -> list[str]:
 def _read_split(path: Path, split: str) -> list[LabelRecord]:
     if not path.is_file():
         raise DataError(f"Breakfast label file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != _FIELDS:
             raise DataError(f"{path}: expected header {','.join(_FIELDS)}, got {reader.fieldnames}")

@@ -74,7 +74,7 @@ def load(path: str | os.PathLike, tasks: list[str] | None = None) -> BenchmarkLa
     if unknown:
         raise DataError(f"unknown COIN task(s) {sorted(unknown)}; COIN tasks are {list(TASKS)}")
     try:
-        db = json.loads(p.read_text(encoding="utf-8"))["database"]
+        db = json.loads(p.read_text(encoding="utf-8-sig"))["database"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{p} is not a COIN.json file ({{'database': {{...}}}}): {e}") from None
     records = [_record(vid, entry) for vid, entry in db.items()]
