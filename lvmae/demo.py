@@ -85,11 +85,21 @@ def _pretrain(cfg: Config) -> dict[str, Any]:
     return pretrain(_in(cfg, "pretrain"))
 
 
+def dense_config(cfg: Config) -> Config:
+    """The demo's dense probe: each segment's step type (and any other dense task) from its own timelines."""
+    r = dataclasses.replace
+    return r(cfg, run=r(cfg.run, out_dir=str(Path(cfg.run.out_dir) / "probe" / "dense")),
+             probe=r(cfg.probe, dense=True, benchmark="synth", labels=cfg.synth.out, tasks=[]))
+
+
 def _probe(cfg: Config) -> dict[str, Any]:
     from lvmae.probe import run_probe
 
     res = run_probe(_in(cfg, "probe"))
-    return {"elapsed_s": res.get("elapsed_s"), "results": res["results"]}
+    dense = run_probe(dense_config(cfg))
+    return {"elapsed_s": res.get("elapsed_s"), "results": res["results"],
+            "dense": {"elapsed_s": dense.get("elapsed_s"),
+                      "results": {t: {m: r["metrics"] for m, r in rows.items()} for t, rows in dense["results"].items()}}}
 
 
 RUNNERS: dict[str, Callable[[Config], dict[str, Any]]] = {
@@ -195,6 +205,8 @@ def write_report(cfg: Config, stages: dict[str, dict[str, Any]], seconds: float)
         + f"; this run {seconds:.1f} (stages done before are skipped).", "",
         f"Pretraining: {pre['steps']} steps, loss {pre['first_loss']:.4f} -> {pre['final_loss']:.4f}.", "",
         table, "",
+        "Dense probing (one label per segment, from the videos' own step timelines; test %, mean ± std):", "",
+        *_dense_tables(out / "probe" / "dense" / "results.md"), "",
         "Tasks (a mean pool of segment features sees only which steps occur, never their order):", "",
         *(f"- `{t}`: mean pool {'can' if s['mean_pool_solvable'] else 'cannot'} solve it ({s['why']})."
           for t, s in manifest["tasks"].items()),
@@ -204,6 +216,14 @@ def write_report(cfg: Config, stages: dict[str, dict[str, Any]], seconds: float)
               "plots": sorted(str(p) for p in plots.glob("*.png"))}
     atomic_write_json(out / "demo.json", report)
     return report
+
+
+def _dense_tables(results_md: Path) -> list[str]:
+    """Each dense task's heading and table rows from the dense probe report (empty if it did not run)."""
+    if not results_md.is_file():
+        return []
+    lines = results_md.read_text(encoding="utf-8").splitlines()
+    return [f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in lines if ln.startswith(("|", "## "))]
 
 
 def _table(results_md: Path) -> str:

@@ -30,7 +30,8 @@ def test_scaled_down_demo_end_to_end_then_skips_and_refuses_other_config(tmp_pat
     assert list(report["stages"]) == list(STAGES) and not any(s.get("skipped") for s in report["stages"].values())
     for rel in ("config.yaml", "results.md", "demo.json", "synth/labels.csv", "synth/manifest.json",
                 "features/store.json", "pretrain/export/config.json", "pretrain/metrics.jsonl",
-                "probe/results.json", "plots/pretrain_curves.png", "plots/probe_accuracy.png",
+                "probe/results.json", "probe/dense/results.json", "plots/pretrain_curves.png",
+                "plots/probe_accuracy.png",
                 *(f"stages/{s}.json" for s in STAGES)):
         assert (out / rel).is_file(), rel
     table = report["table"].splitlines()
@@ -38,6 +39,7 @@ def test_scaled_down_demo_end_to_end_then_skips_and_refuses_other_config(tmp_pat
     assert {row.split("|")[1].strip() for row in table[2:]} == {"order", "appearance"}
     md = (out / "results.md").read_text()
     assert report["table"] in md and "`order`: mean pool cannot" in md and "`appearance`: mean pool can" in md
+    assert "**step**" in md and "| lvmae_temporal |" in md  # the dense step-type task of the videos' own timelines
     assert json.loads((out / "demo.json").read_text())["table"] == report["table"]
     assert report["table"] in "\n".join(logs)
 
