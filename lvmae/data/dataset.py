@@ -8,6 +8,7 @@ a crop of 256 segments touches 256 rows, never the whole video.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,15 @@ def draw_lengths(
     return length.astype(np.int64), start.astype(np.int64)
 
 
+def is_held_out(video_id: str, fraction: float) -> bool:
+    """Whether ``video_id`` is in the validation share ``fraction`` (a hash of the id: stable
+    across runs, machines and store contents)."""
+    if fraction <= 0.0:
+        return False
+    h = int.from_bytes(hashlib.sha1(video_id.encode()).digest()[:8], "big") / 2**64
+    return h < fraction
+
+
 class CropDataset:
     """Map-style dataset whose indices are :class:`Crop` plans.
 
@@ -74,6 +84,7 @@ class CropDataset:
         min_len: int = 2,
         max_len: int = 256,
         short_policy: str = "tile",
+        held_out: float = 0.0,
     ):
         if not stores:
             raise DataError("no feature store given (set data.stores=[PATH, ...])")
@@ -86,7 +97,7 @@ class CropDataset:
         self.video_ids: list[list[str]] = []
         self.num_segments: list[np.ndarray] = []
         for store in self.stores:
-            ids = [v for v in store.video_ids if store.num_segments(v) >= 1]
+            ids = [v for v in store.video_ids if store.num_segments(v) >= 1 and not is_held_out(v, held_out)]
             if short_policy == "drop":
                 ids = [v for v in ids if store.num_segments(v) >= min_len]
             if not ids:

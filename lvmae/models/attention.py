@@ -44,6 +44,8 @@ class AttnLayout:
     key_valid: Tensor | None = None
     cu_seqlens: Tensor | None = None
     max_len: int = 0
+    bias: Tensor | None = None  # padded only: additive float logits bias [B | 1, H, N, N]
+    scale: float | None = None  # logits multiplier on top of 1/sqrt(Dh) (None = 1)
 
     @classmethod
     def packed(cls, lengths: Tensor) -> AttnLayout:
@@ -59,8 +61,13 @@ class AttnLayout:
         """Boolean mask broadcastable to ``[B, H, N, N]`` (True = attend), or None.
 
         Padded: ``[B, 1, 1, N]``. Packed: block-diagonal ``[1, 1, T, T]``, built only for
-        the math path and the CPU fallback of ``sdpa``.
+        the math path and the CPU fallback of ``sdpa``. With a ``bias`` it is that float
+        bias (-inf at invalid keys).
         """
+        if self.bias is not None:
+            if self.key_valid is None:
+                return self.bias
+            return self.bias.masked_fill(~self.key_valid[:, None, None, :], float("-inf"))
         if self.cu_seqlens is not None:
             cu = self.cu_seqlens
             seq = torch.searchsorted(cu[1:], torch.arange(n, device=cu.device, dtype=cu.dtype), right=True)
@@ -109,10 +116,14 @@ def attention(
         cu = layout.cu_seqlens
         return varlen_attn(q[0], k[0], v[0], cu, cu, layout.max_len, layout.max_len)[None]
     mask = layout.dense_mask(q.shape[1])
+    scale = (layout.scale or 1.0) / math.sqrt(q.shape[-1])
     if backend == "math":
-        return _math(q, k, v, mask, dropout_p)
+        return _math(q, k, v, mask, dropout_p, scale)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.to(q.dtype)
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p,
+        scale=scale,
     )
     return out.transpose(1, 2)
 
@@ -132,12 +143,12 @@ def _varlen_ok(q: Tensor, dropout_p: float) -> bool:
     return True
 
 
-def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
-    """Explicit attention matrices in float32 (reference)."""
+def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, scale: float) -> Tensor:
+    """Explicit attention matrices in float32 (reference); a float ``mask`` is added."""
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
-    scores = (qf @ kf.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = (qf @ kf.transpose(-2, -1)) * scale
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores + mask.float() if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
     probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
     return (probs @ vf).transpose(1, 2).to(q.dtype)
 
@@ -145,6 +156,8 @@ def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
 def _xformers(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout, dropout_p: float) -> Tensor:
     xops = _xformers_ops()
     bias = None
+    if layout.bias is not None or layout.scale is not None:
+        return attention(q, k, v, layout, "sdpa", dropout_p)  # xformers path: masks only
     if layout.is_packed:
         lengths = (layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]).tolist()
         bias = xops.fmha.attn_bias.BlockDiagonalMask.from_seqlens(lengths)

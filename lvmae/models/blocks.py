@@ -78,13 +78,20 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(width, eps=LN_EPS)
         self.checkpoint, self.pack = checkpoint, pack
 
-    def forward(self, x: Tensor, valid: Tensor | None = None, rope: Rope | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, valid: Tensor | None = None, rope: Rope | None = None,
+        bias: Tensor | None = None, logit_scale: float | None = None,
+    ) -> Tensor:
         """``x [B, N, C]``, ``valid [B, N]`` bool (None = all valid) -> ``[B, N, C]``.
 
-        Outputs at invalid positions are meaningless (zero when packed)."""
+        ``bias [B | 1, H, N, N]`` is added to every block's attention logits and
+        ``logit_scale`` multiplies them (padded layout only). Outputs at invalid positions
+        are meaningless (zero when packed)."""
         if self.pack and valid is not None:
+            if bias is not None or logit_scale is not None:
+                raise ValueError("a packed stack takes no attention bias or logit scale")
             return self._forward_packed(x, valid, rope)
-        return self._run(x, AttnLayout(key_valid=valid), rope)
+        return self._run(x, AttnLayout(key_valid=valid, bias=bias, scale=logit_scale), rope)
 
     def _run(self, x: Tensor, layout: AttnLayout, rope: Rope | None) -> Tensor:
         ckpt = self.checkpoint and self.training and torch.is_grad_enabled()

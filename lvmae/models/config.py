@@ -19,7 +19,21 @@ class RopeConfig:
 
     kind: str = "hope"  # hope | rope | sincos | none (see above)
     base: float = 10000.0  # frequencies base^(-2i/d); d = head dim (rotary) or token width (sincos)
-    zero_freq_fraction: float = 0.25  # share of lowest-frequency pairs set to frequency 0 (hope)
+    # hope: which pairs get frequency 0. fraction = the lowest zero_freq_fraction of pairs;
+    # wavelength = every pair whose wavelength 2*pi/theta exceeds the longest scaled training
+    # position (max(train_scales) x (train_length - 1)): HoPE's rule, tied to the training length.
+    zero_freq_rule: str = "fraction"
+    zero_freq_fraction: float = 0.25  # hope, zero_freq_rule=fraction: share of lowest-frequency pairs set to 0
+    # Longest training crop in segments; 0 = unknown (pretraining sets it from data.max_len).
+    # Used by zero_freq_rule=wavelength and length_scaling.
+    train_length: int = 0
+    # Distance-decay bias added to attention logits: none | alibi (-slope_h x |t_i - t_j|,
+    # geometric slopes per head as in ALiBi; the [CLS] token is never penalised).
+    decay: str = "none"
+    decay_heads: float = 1.0  # share of heads with a decay (the others attend without one)
+    # Multiply attention logits by log(n) / log(train_length) when a sequence of n tokens is
+    # longer than training (attention-entropy scaling); needs train_length.
+    length_scaling: bool = False
     # hope only: each training sequence's time scale, drawn uniformly from this list.
     train_scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     eval_scale: float = 1.0  # hope only: time scale when encoding / in eval (probe.scale overrides)
@@ -52,6 +66,8 @@ class ModelConfig:
 
 
 ROPE_KINDS = ("hope", "rope", "sincos", "none")
+ZERO_FREQ_RULES = ("fraction", "wavelength")
+DECAYS = ("none", "alibi")
 FUSIONS = ("concat", "tokens")
 LOSSES = ("mse", "cosine")
 ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
@@ -88,6 +104,14 @@ def check_model_config(cfg: ModelConfig) -> ModelConfig:
     need(r.kind in ROPE_KINDS, f"model.rope.kind must be one of {ROPE_KINDS}, got {r.kind!r}")
     need(r.base > 1.0, f"model.rope.base must be > 1, got {r.base}")
     need(0.0 <= r.zero_freq_fraction <= 1.0, "model.rope.zero_freq_fraction must be in [0, 1]")
+    need(r.zero_freq_rule in ZERO_FREQ_RULES, f"model.rope.zero_freq_rule must be one of {ZERO_FREQ_RULES}, got {r.zero_freq_rule!r}")
+    need(r.decay in DECAYS, f"model.rope.decay must be one of {DECAYS}, got {r.decay!r}")
+    need(0.0 < r.decay_heads <= 1.0, f"model.rope.decay_heads must be in (0, 1], got {r.decay_heads}")
+    need(r.train_length >= 0, f"model.rope.train_length must be >= 0, got {r.train_length}")
+    need(not (r.decay != "none" and cfg.pack_sequences), "model.rope.decay needs model.pack_sequences=false (a bias per token pair)")
+    need(not (r.length_scaling and cfg.pack_sequences), "model.rope.length_scaling needs model.pack_sequences=false")
+    need(not (r.length_scaling or r.zero_freq_rule == "wavelength") or r.train_length >= 2 or r.train_length == 0,
+         "model.rope.train_length must be >= 2 (or 0 = set by pretraining)")
     need(0.0 <= r.modality_axis_fraction < 1.0, "model.rope.modality_axis_fraction must be in [0, 1)")
     need(len(r.train_scales) > 0 and min(r.train_scales) > 0, "model.rope.train_scales must be non-empty and > 0")
     need(r.eval_scale > 0, f"model.rope.eval_scale must be > 0, got {r.eval_scale}")

@@ -26,6 +26,7 @@ positions, rotary angles, normalisation and the loss in float32, so it runs unde
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,7 +36,14 @@ from torch import Tensor, nn
 from lvmae.errors import DataError, LvmaeError
 from lvmae.models.blocks import Rope, Transformer
 from lvmae.models.config import ModelConfig, check_model_config, modality_dims
-from lvmae.models.rope import axis_frequencies, rotary_cos_sin, sincos_embedding, time_positions
+from lvmae.models.rope import (
+    alibi_slopes,
+    axis_frequencies,
+    distance_bias,
+    rotary_cos_sin,
+    sincos_embedding,
+    time_positions,
+)
 
 if TYPE_CHECKING:
     from lvmae.masking import MaskBatch
@@ -93,7 +101,8 @@ class LVMAE(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.encoder = Transformer(cfg.width, cfg.depth, cfg.heads, **stack_kw)
         self.register_buffer("enc_freqs", self._frequencies(cfg.width // cfg.heads), persistent=False)
-        # on the device already (no copy per step); a bf16 cast keeps HoPE's scales exact
+        self.register_buffer("enc_slopes", self._slopes(cfg.heads), persistent=False)
+        # on the device already (no copy per step)
         self.register_buffer("train_scales", torch.tensor(cfg.rope.train_scales, dtype=torch.float32), persistent=False)
         self.has_decoder = with_decoder
         if with_decoder:
@@ -104,13 +113,44 @@ class LVMAE(nn.Module):
             self.decoder = Transformer(dw, cfg.decoder_depth, cfg.decoder_heads, **stack_kw)
             self.head = SegmentHead(dw, token_dims)
             self.register_buffer("dec_freqs", self._frequencies(dw // cfg.decoder_heads), persistent=False)
+            self.register_buffer("dec_slopes", self._slopes(cfg.decoder_heads), persistent=False)
         self._init_weights()
+
+    FP32_BUFFERS = ("enc_freqs", "dec_freqs", "enc_slopes", "dec_slopes", "train_scales")
 
     def _frequencies(self, head_dim: int) -> Tensor:
         r = self.cfg.rope
         zero = r.zero_freq_fraction if r.kind == "hope" else 0.0
+        max_pos = None
+        if r.kind == "hope" and r.zero_freq_rule == "wavelength":
+            if r.train_length < 2:
+                raise LvmaeError("model.rope.zero_freq_rule=wavelength needs model.rope.train_length (longest training crop)")
+            max_pos = max(r.train_scales) * (r.train_length - 1)
         fractions = (1.0 - r.modality_axis_fraction, r.modality_axis_fraction) if self.n_tok > 1 else (1.0,)
-        return axis_frequencies(head_dim, r.base, zero, fractions)
+        return axis_frequencies(head_dim, r.base, zero, fractions, max_pos)
+
+    def _slopes(self, heads: int) -> Tensor:
+        r = self.cfg.rope
+        return alibi_slopes(heads, r.decay_heads) if r.decay == "alibi" else torch.zeros(0)
+
+    def _apply(self, fn, recurse=True):
+        """Keep the position buffers float32 under ``.to(bf16)`` / ``.half()`` (a bf16 angle
+        table is off by radians at long positions); devices still follow ``fn``."""
+        super()._apply(fn, recurse)
+        for name in self.FP32_BUFFERS:
+            buf = getattr(self, name, None)
+            if buf is not None and buf.dtype != torch.float32:
+                fresh = self._slopes(len(buf)) if "slopes" in name else None
+                if name == "train_scales":
+                    fresh = torch.tensor(self.cfg.rope.train_scales, dtype=torch.float32)
+                elif "freqs" in name:
+                    fresh = self._frequencies(self._head_dim(name))
+                self._buffers[name] = fresh.to(buf.device)
+        return self
+
+    def _head_dim(self, freqs_name: str) -> int:
+        c = self.cfg
+        return c.width // c.heads if freqs_name == "enc_freqs" else c.decoder_width // c.decoder_heads
 
     def _init_weights(self) -> None:
         """MAE initialisation: xavier-uniform linears, zero biases, N(0, 0.02) tokens."""
@@ -166,6 +206,19 @@ class LVMAE(nn.Module):
 
     # -------------------------------------------------------------- positions
 
+    def attn_extras(self, seg_pos: Tensor, slopes: Tensor, n_total: int) -> tuple[Tensor | None, float | None]:
+        """Distance-decay bias ``[B, H, 1 + N*T, 1 + N*T]`` for tokens at ``seg_pos [B, N]``
+        (None without ``rope.decay``) and the length-scaling logit factor for a sequence of
+        ``n_total`` segments (None unless ``rope.length_scaling`` and longer than training)."""
+        r = self.cfg.rope
+        bias = None
+        if slopes.numel():
+            bias = distance_bias(seg_pos.repeat_interleave(self.n_tok, dim=1), slopes)
+        scale = None
+        if r.length_scaling and r.train_length >= 2 and n_total > r.train_length:
+            scale = math.log(n_total) / math.log(r.train_length)
+        return bias, scale
+
     def rotary(self, seg_pos: Tensor, freqs: Tensor) -> Rope | None:
         """(cos, sin) ``[B, 1 + N*T, 1, P]`` for [CLS] (angle 0) + tokens at ``seg_pos [B, N]``."""
         if self.cfg.rope.kind not in ("hope", "rope"):
@@ -202,8 +255,10 @@ class LVMAE(nn.Module):
     def forward_encoder(self, x: Tensor, masks: MaskBatch, scale: Tensor) -> Tensor:
         """Visible segments only: ``x [B, L, in_dim]`` -> latent ``[B, 1 + K*T, width]``."""
         x_vis = x.gather(1, masks.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        tokens, valid, rope = self.encoder_inputs(x_vis, time_positions(masks.ids_keep, scale), masks.keep_valid)
-        return self.encoder(tokens, None if masks.full else valid, rope)
+        seg_pos = time_positions(masks.ids_keep, scale)
+        tokens, valid, rope = self.encoder_inputs(x_vis, seg_pos, masks.keep_valid)
+        bias, logit_scale = self.attn_extras(seg_pos, self.enc_slopes, x.shape[1])
+        return self.encoder(tokens, None if masks.full else valid, rope, bias, logit_scale)
 
     # ---------------------------------------------------------------- decoder
 
@@ -234,7 +289,11 @@ class LVMAE(nn.Module):
         """Latent ``[B, 1 + K*T, width]`` -> predictions ``[B, L, in_dim]``."""
         y = self.decoder_embed(latent)
         tokens, tok_valid, rope = self.decoder_inputs(y[:, :1], self.restore(y, masks), valid, scale)
-        return self.head(self.decoder(tokens, None if masks.full else tok_valid, rope)[:, 1:])
+        b, n = valid.shape
+        seg_pos = time_positions(torch.arange(n, device=valid.device).expand(b, n), scale)
+        bias, logit_scale = self.attn_extras(seg_pos, self.dec_slopes, n)
+        out = self.decoder(tokens, None if masks.full else tok_valid, rope, bias, logit_scale)
+        return self.head(out[:, 1:])
 
     # ------------------------------------------------------------------- loss
 
@@ -279,8 +338,9 @@ class LVMAE(nn.Module):
         scale = self.resolve_scale(scale, b, x.device, train=False)
         seg_pos = time_positions(torch.arange(n, device=x.device).expand(b, n), scale)
         tokens, tok_valid, rope = self.encoder_inputs(x, seg_pos, valid)
+        bias, logit_scale = self.attn_extras(seg_pos, self.enc_slopes, n)
         # unpadded batch: no mask, so SDPA may take its flash kernel (one sync; the caller syncs anyway)
-        out = self.encoder(tokens, None if bool(valid.all()) else tok_valid, rope)
+        out = self.encoder(tokens, None if bool(valid.all()) else tok_valid, rope, bias, logit_scale)
         tokens = out[:, 1:].unflatten(1, (n, self.n_tok)).mean(2) * valid.unsqueeze(-1).to(out.dtype)
         return {"tokens": tokens, "cls": out[:, 0], "valid": valid}
 

@@ -22,24 +22,33 @@ the input dtype, so the functions are bf16-safe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 
-def rope_frequencies(head_dim: int, base: float = 10000.0, zero_fraction: float = 0.0) -> Tensor:
-    """Per-pair angular frequencies, highest first, the lowest ``zero_fraction`` set to 0.
+def rope_frequencies(
+    head_dim: int, base: float = 10000.0, zero_fraction: float = 0.0, max_position: float | None = None
+) -> Tensor:
+    """Per-pair angular frequencies, highest first, the lowest ones set to 0.
 
-    Returns ``[head_dim // 2]`` float32: ``theta_i = base^(-2i/head_dim)`` for the first
-    ``P - n_zero`` pairs and 0 for the last ``n_zero = round(zero_fraction * P)``.
+    Returns ``[head_dim // 2]`` float32: ``theta_i = base^(-2i/head_dim)``, with the last
+    ``round(zero_fraction * P)`` pairs set to 0, or, when ``max_position`` is given, every
+    pair whose wavelength ``2 pi / theta_i`` exceeds it (HoPE: a pair that never turns a
+    full cycle within the training positions only ever saw a narrow band of angles, so at
+    longer offsets it produces scores the model never saw; at frequency 0 it carries none).
     """
     if head_dim % 2:
         raise ValueError(f"rotary head_dim must be even, got {head_dim}")
     n_pairs = head_dim // 2
     theta = base ** (-torch.arange(n_pairs, dtype=torch.float64) * 2.0 / head_dim)
-    n_zero = round(zero_fraction * n_pairs)
-    theta[n_pairs - n_zero :] = 0.0
+    if max_position is not None:
+        theta[2 * math.pi / theta > max_position] = 0.0
+    else:
+        n_zero = round(zero_fraction * n_pairs)
+        theta[n_pairs - n_zero :] = 0.0
     return theta.float()
 
 
@@ -67,14 +76,15 @@ def axis_frequencies(
     base: float = 10000.0,
     zero_fraction: float = 0.0,
     axis_fractions: Sequence[float] = (1.0,),
+    max_position: float | None = None,
 ) -> Tensor:
     """Multi-axis frequency table ``[n_axes, head_dim // 2]`` float32.
 
-    The lowest ``zero_fraction`` of pairs are zero on every axis; the remaining (rotary)
+    The zero pairs of :func:`rope_frequencies` are zero on every axis; the remaining (rotary)
     pairs are dealt to the axes by :func:`interleave_axes` (axis 0 is time), and each
     pair keeps its own ``theta_i`` on its axis and 0 on the others.
     """
-    theta = rope_frequencies(head_dim, base, zero_fraction)
+    theta = rope_frequencies(head_dim, base, zero_fraction, max_position)
     n_rot = int((theta > 0).sum())
     table = torch.zeros(len(axis_fractions), theta.numel())
     axes = interleave_axes(n_rot, axis_fractions)
@@ -102,6 +112,25 @@ def time_positions(index: Tensor, scale: Tensor) -> Tensor:
     """Dynamic temporal scaling: ``index [B, N]`` segment indices, ``scale [B]`` -> ``[B, N]``
     float32 positions ``scale[b] * index[b, n]``."""
     return index.float() * scale.float().unsqueeze(-1)
+
+
+def alibi_slopes(heads: int, share: float = 1.0) -> Tensor:
+    """ALiBi's geometric slopes ``2^(-8 (h + 1) / m)`` for the first ``m = round(share * heads)``
+    heads (at least one) and 0 for the rest: ``[heads]`` float32."""
+    m = min(heads, max(1, round(share * heads)))
+    slopes = torch.zeros(heads)
+    slopes[:m] = 2.0 ** (-8.0 * torch.arange(1, m + 1, dtype=torch.float64) / m)
+    return slopes
+
+
+def distance_bias(positions: Tensor, slopes: Tensor) -> Tensor:
+    """Additive attention bias ``-slope_h |t_i - t_j|`` for a [CLS] token + tokens at
+    ``positions [B, N]``: ``[B, H, 1 + N, 1 + N]`` float32, zero in [CLS]'s row and column
+    (the global token is never penalised, so far context still reaches every token through it)."""
+    t = positions.float()
+    dist = (t.unsqueeze(-1) - t.unsqueeze(-2)).abs()
+    bias = -slopes.float().to(t.device)[None, :, None, None] * dist.unsqueeze(1)
+    return torch.nn.functional.pad(bias, (1, 0, 1, 0))
 
 
 def sincos_embedding(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:

@@ -1,0 +1,291 @@
+"""Length generalisation: train at crops of up to L segments, validate at L, 2L, 4L, 16L, 64L.
+
+For every position variant (kind and length mechanisms, see VARIANTS) and seed it
+pre-trains the tiny LV-MAE (``-c tiny``) on the long-range synthetic feature benchmark
+(:mod:`lvmae.synth.features`) with the real ``lvmae pretrain`` code, reads the held-out
+masked-reconstruction losses at each length from the run's metrics (``val/loss@n``), and
+optionally probes the exported encoder on the benchmark's long-range tasks at 16L, beside
+raw mean pooling and the same encoder applied to training-length windows.
+
+    python tools/bench_length.py --out bench/length.json                  # the full sweep
+    python tools/bench_length.py --out /tmp/l.json --quick                 # a 2-minute smoke run
+    python tools/bench_length.py --render bench/length.json > docs/length_table.md
+    python tools/bench_length.py --eval-store STORE --checkpoint RUN/checkpoints/step_N --lengths 256 1024
+
+The last form evaluates any full checkpoint (model.safetensors with its config.yaml in the
+run directory) on any feature store. JSON: hardware, versions, settings, and per variant,
+training length and seed the losses (and probe accuracies); ``--render`` prints Markdown
+tables (mean ± std over seeds, ratio to the loss at L) and writes a PNG beside the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads, as the CLI does (shared CPUs)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import emit, hardware, versions  # noqa: E402
+
+# Every variant spells out all position keys, so a change of the library's defaults does not
+# change what a named variant means; "default" is whatever the library's defaults are now.
+EXPLICIT = {
+    "model.rope.kind": "hope", "model.rope.base": "10000.0", "model.rope.zero_freq_rule": "fraction",
+    "model.rope.zero_freq_fraction": "0.25", "model.rope.decay": "none", "model.rope.decay_heads": "1.0",
+    "model.rope.length_scaling": "false", "model.rope.eval_scale": "1.0",
+}
+VARIANTS: dict[str, dict[str, str] | None] = {
+    "default": None,
+    "hope": {},
+    "rope": {"model.rope.kind": "rope"},
+    "sincos": {"model.rope.kind": "sincos"},
+    "none": {"model.rope.kind": "none"},
+    "hope-wave": {"model.rope.zero_freq_rule": "wavelength"},
+    "hope-wave-1e6": {"model.rope.zero_freq_rule": "wavelength", "model.rope.base": "1000000.0"},
+    "hope-alibi": {"model.rope.decay": "alibi"},
+    "hope-wave-alibi": {"model.rope.zero_freq_rule": "wavelength", "model.rope.decay": "alibi"},
+    "hope-wave-alibi-half": {"model.rope.zero_freq_rule": "wavelength", "model.rope.decay": "alibi",
+                             "model.rope.decay_heads": "0.5"},
+    "hope-wave-alibi-ls": {"model.rope.zero_freq_rule": "wavelength", "model.rope.decay": "alibi",
+                           "model.rope.length_scaling": "true"},
+}
+MULTIPLES = (1, 2, 4, 16, 64)
+
+
+def variant_overrides(name: str) -> list[str]:
+    v = VARIANTS[name]
+    if v is None:
+        return []
+    return [f"{k}={val}" for k, val in {**EXPLICIT, **v}.items()]
+
+
+def make_data(root: Path, train_lengths: list[int], args: argparse.Namespace) -> dict[str, str]:
+    from lvmae.synth.features import FeatureSynthConfig, generate
+
+    cfg = FeatureSynthConfig(num_videos=args.videos, length=[64, 8 * max(train_lengths)],
+                             val_videos=args.val_videos, val_length=64 * max(train_lengths),
+                             probe_videos=args.probe_videos, probe_length=16 * min(train_lengths), seed=0)
+    return generate(cfg, root) | {"synth": json.dumps(cfg.__dict__)}
+
+
+def train_one(data: dict[str, str], variant: str, length: int, seed: int, out: Path,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """One pretraining run; returns its held-out losses by length and its wall time."""
+    from lvmae.config import load_config
+    from lvmae.recipes import find
+    from lvmae.train.loop import pretrain
+    from lvmae.train.metrics import read_metrics
+
+    lengths = [m * length for m in MULTIPLES[1:]]
+    overrides = [
+        f"data.stores=[{data['pretrain']}]", f"data.val_stores=[{data['val']}]",
+        f"data.min_len={max(2, length // 4)}", f"data.max_len={length}",
+        "deepspeed.engine=torch", f"deepspeed.micro_batch={args.micro_batch}", "run.device=cpu", "run.progress=false", f"run.seed={seed}",
+        f"run.out_dir={out}", f"train.steps={args.steps}", f"train.save_every={args.steps}",
+        f"train.eval_every={args.steps}", f"train.eval_lengths=[{','.join(map(str, lengths))}]",
+        f"train.eval_windows={args.eval_windows}", "train.plot=false", "train.restart=true",
+        *variant_overrides(variant),
+    ]
+    cfg = load_config([find("tiny")], overrides)
+    tic = time.perf_counter()
+    pretrain(cfg)
+    wall = time.perf_counter() - tic
+    last = [r for r in read_metrics(out / "metrics.jsonl") if "val/loss" in r][-1]
+    losses = {int(k.split("@")[1]): v for k, v in last.items() if k.startswith("val/loss@")}
+    gains = {int(k.split("@")[1]): v for k, v in last.items() if k.startswith("val/cos_gain@")}
+    return {"variant": variant, "train_length": length, "seed": seed, "wall_s": round(wall, 1),
+            "loss": {str(k): losses[k] for k in sorted(losses)}, "cos_gain": {str(k): gains[k] for k in sorted(gains)},
+            "final_train_loss": last.get("train/loss"), "export": str(out / "export")}
+
+
+def probe_one(data: dict[str, str], run: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Long-range probe tasks at 16L: raw mean pool, LV-MAE on the whole video, LV-MAE on L-windows."""
+    from lvmae.config import load_config
+    from lvmae.probe import run_probe
+
+    res: dict[str, Any] = {}
+    for window in (0, run["train_length"]):
+        cfg = load_config([], [
+            "probe.benchmark=generic", f"probe.labels={data['labels']}", f"probe.store={data['probe']}",
+            f"probe.checkpoint={run['export']}", f"run.out_dir={out / f'w{window}'}", "run.device=cpu",
+            "run.progress=false", f"probe.seeds=[{run['seed']}]", f"probe.epochs={args.probe_epochs}",
+            "probe.cache=false", f"probe.encode_window={window}",
+            f"probe.methods=[{'raw_mean_sklearn,' if not window else ''}lvmae_linear,lvmae_attentive]",
+        ])
+        summary = run_probe(cfg)
+        for task, rows in summary["tasks"].items():
+            for method, r in rows["methods"].items():
+                name = method if not window or method.startswith("raw") else f"{method}_windowed"
+                res.setdefault(task, {})[name] = r["mean"]
+    return res
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(args.work)
+    data = make_data(root / "data", args.train_lengths, args)
+    runs = []
+    total = len(args.variants) * len(args.train_lengths) * len(args.seeds)
+    for length in args.train_lengths:
+        for variant in args.variants:
+            for seed in args.seeds:
+                out = root / "runs" / f"{variant}-L{length}-s{seed}"
+                r = train_one(data, variant, length, seed, out, args)
+                if args.probe and length == min(args.train_lengths) and variant in args.probe:
+                    r["probe"] = probe_one(data, r, out / "probe", args)
+                runs.append(r)
+                print(f"[{len(runs)}/{total}] {variant} L={length} seed={seed}: "
+                      + " ".join(f"{k}:{v:.3f}" for k, v in r["loss"].items()) + f" ({r['wall_s']} s)",
+                      file=sys.stderr, flush=True)
+    return {"benchmark": "length", "hardware": hardware(), "versions": versions(),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("render", "out")},
+            "data": json.loads(data["synth"]), "variants": {v: variant_overrides(v) for v in args.variants},
+            "runs": runs}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def aggregate(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(variant, train length) -> {n: (mean, std)} of losses and of loss(n) / loss(L) per seed."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in result["runs"]:
+        groups.setdefault((r["variant"], r["train_length"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        lengths = sorted({int(n) for r in rs for n in r["loss"]})
+        base = str(key[1])
+        out[key] = {
+            "loss": {n: _mean_std([r["loss"][str(n)] for r in rs if str(n) in r["loss"]]) for n in lengths},
+            "ratio": {n: _mean_std([r["loss"][str(n)] / r["loss"][base] for r in rs if str(n) in r["loss"]])
+                      for n in lengths},
+            "seeds": len(rs),
+            "probe": _probe_means(rs),
+        }
+    return out
+
+
+def _probe_means(rs: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    table: dict[str, dict[str, list[float]]] = {}
+    for r in rs:
+        for task, methods in r.get("probe", {}).items():
+            for m, v in methods.items():
+                table.setdefault(task, {}).setdefault(m, []).append(v)
+    return {t: {m: _mean_std(v) for m, v in ms.items()} for t, ms in table.items()}
+
+
+def render(result: dict[str, Any], png: Path | None = None) -> str:
+    agg = aggregate(result)
+    lines = []
+    for length in sorted({k[1] for k in agg}):
+        keys = [k for k in agg if k[1] == length]
+        ns = sorted({n for k in keys for n in agg[k]["loss"]})
+        lines += [f"Trained on crops of up to {length} segments; held-out masked-reconstruction loss "
+                  f"(standardised targets; the mean predictor scores about 1.0), mean ± std over "
+                  f"{agg[keys[0]]['seeds']} seeds, and the ratio to the loss at {length}:", "",
+                  "| variant | " + " | ".join(f"{n} ({n // length}x)" for n in ns) + " |",
+                  "|---|" + "---|" * len(ns)]
+        for k in sorted(keys, key=lambda k: agg[k]["loss"][ns[-1]][0] if ns[-1] in agg[k]["loss"] else 9):
+            cells = []
+            for n in ns:
+                if n not in agg[k]["loss"]:
+                    cells.append("–")
+                    continue
+                (m, s), (rm, _) = agg[k]["loss"][n], agg[k]["ratio"][n]
+                cells.append(f"{m:.3f} ± {s:.3f}" + ("" if n == length else f" ({rm:.2f}x)"))
+            lines.append(f"| {k[0]} | " + " | ".join(cells) + " |")
+        lines.append("")
+        probes = {k[0]: agg[k]["probe"] for k in keys if agg[k]["probe"]}
+        for variant, tasks in probes.items():
+            lines += [f"Probe accuracy (%) at {16 * length} segments, {variant} trained at {length}:", "",
+                      "| task | " + " | ".join(sorted(next(iter(tasks.values())))) + " |",
+                      "|---|" + "---|" * len(next(iter(tasks.values())))]
+            for task, ms in tasks.items():
+                lines.append(f"| {task} | " + " | ".join(f"{ms[m][0]:.1f} ± {ms[m][1]:.1f}" for m in sorted(ms)) + " |")
+            lines.append("")
+    if png is not None:
+        plot(agg, png)
+    return "\n".join(lines)
+
+
+def plot(agg: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({k[1] for k in agg})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5.5 * len(lengths), 4), squeeze=False)
+    for ax, length in zip(axes[0], lengths):
+        for k in sorted(k for k in agg if k[1] == length):
+            ns = sorted(agg[k]["loss"])
+            ax.errorbar([n / length for n in ns], [agg[k]["loss"][n][0] for n in ns],
+                        yerr=[agg[k]["loss"][n][1] for n in ns], marker="o", ms=3, capsize=2, label=k[0])
+        ax.set(xscale="log", xlabel="eval length / training length", ylabel="held-out masked loss",
+               title=f"trained on crops <= {length}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def eval_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """Held-out losses of one full checkpoint on one store (any real data)."""
+    import torch
+
+    from lvmae.config import DataConfig, load_config
+    from lvmae.models.lvmae import LVMAE
+    from lvmae.train.engine import load_weights
+    from lvmae.train.validate import Validator, load_sequences
+
+    ckpt = Path(args.checkpoint)
+    cfg = load_config([ckpt.parents[1] / "config.yaml"], [])
+    model = LVMAE(cfg.model)
+    load_weights(model, ckpt / "model.safetensors")
+    seqs = load_sequences(DataConfig(val_stores=[args.eval_store], modalities=cfg.data.modalities), False)
+    val = Validator(seqs, [cfg.data.max_len, *args.lengths], cfg.masking, args.eval_windows, seed=0)
+    torch.set_grad_enabled(False)
+    return {"benchmark": "length-eval", "hardware": hardware(), "versions": versions(), "checkpoint": str(ckpt),
+            "store": args.eval_store, "metrics": val(model)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="JSON output file")
+    p.add_argument("--render", help="print Markdown tables of this JSON (and write a PNG beside it)")
+    p.add_argument("--work", default="/tmp/lvmae-bench-length", help="data and run directories")
+    p.add_argument("--variants", nargs="+", default=["default", "hope", "rope", "sincos", "none"])
+    p.add_argument("--train-lengths", nargs="+", type=int, default=[32])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--videos", type=int, default=400)
+    p.add_argument("--val-videos", type=int, default=8)
+    p.add_argument("--eval-windows", type=int, default=4)
+    p.add_argument("--probe", nargs="*", default=[], help="variants to probe at 16L (default: none)")
+    p.add_argument("--probe-videos", type=int, default=300)
+    p.add_argument("--probe-epochs", type=int, default=60)
+    p.add_argument("--quick", action="store_true", help="tiny smoke settings")
+    p.add_argument("--eval-store", help="with --checkpoint: evaluate a checkpoint on this store")
+    p.add_argument("--checkpoint")
+    p.add_argument("--lengths", nargs="*", type=int, default=[])
+    args = p.parse_args(argv)
+    if args.render:
+        path = Path(args.render)
+        print(render(json.loads(path.read_text()), path.with_suffix(".png")))
+        return 0
+    if args.quick:
+        args.steps, args.videos, args.seeds, args.probe_videos, args.probe_epochs = 40, 40, [0], 40, 5
+    result = eval_checkpoint(args) if args.eval_store else sweep(args)
+    emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
