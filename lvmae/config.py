@@ -66,6 +66,7 @@ class EncoderConfig:
     # (fetched into the HF cache; cache-only under HF_HUB_OFFLINE=1; safetensors weights only).
     checkpoint: str | None = None
     text_checkpoint: str | None = None  # HF text encoder (encoder.text=hf_text): local dir or Hub id
+    audio_checkpoint: str | None = None  # HF audio encoder (encoder.audio=hf_audio): local dir or Hub id
     trust_remote_code: bool = False  # let transformers run a Hub checkpoint's own Python code
     resize: str = "center_crop"  # center_crop | squash (how frames become image_size squares)
     n_mels: int = 64  # logmel audio encoder: mel bands (embedding = mean+std per band)
@@ -136,6 +137,11 @@ class DataConfig:
     # true mixes them anyway.
     allow_mixed_stores: bool = False
     check_stores: bool = False  # read every feature file first (shape, NaN/inf, files; as lvmae store check)
+    # Held-out validation (see lvmae.train.validate): separate stores, never trained on ...
+    val_stores: list[str] = field(default_factory=list)
+    # ... or, when val_stores is empty, this share of data.stores' videos, chosen by a hash of
+    # the video id and left out of training; 0 = no validation.
+    val_fraction: float = 0.0
 
 
 @dataclass
@@ -187,6 +193,11 @@ class TrainConfig:
     # torch.compile mode: default | reduce-overhead (CUDA graphs: no launch overhead, but one
     # graph per batch shape: fixed lengths only) | max-autotune | max-autotune-no-cudagraphs.
     compile_mode: str = "default"
+    eval_every: int = 0  # validation every N steps (and at the last); 0 = at every checkpoint step
+    # Validation lengths in segments beyond data.max_len (e.g. [128, 512]): the loss there shows
+    # whether the model holds up on videos longer than its training crops.
+    eval_lengths: list[int] = field(default_factory=list)
+    eval_windows: int = 4  # held-out windows per video and length (consecutive, from the start)
 
 
 @dataclass
@@ -227,6 +238,9 @@ class ProbeConfig:
     val_fraction: float = 0.1  # carved from train where a benchmark has no val split
     scale: float | None = None  # HoPE temporal scale for encoding; None = the model's eval_scale
     encode_batch: int = 16  # videos per LV-MAE encoder forward when encoding the probe set
+    # Encode each video in independent windows of this many segments (0 = whole videos, up to
+    # probe.max_len): how a model that cannot take the whole video would see it.
+    encode_window: int = 0
     cache: bool = True  # keep LV-MAE encoder outputs on disk, reused across tasks and runs
     cache_dir: str = ""  # "" = <run.out_dir>/encoded
     # Dense probing: one label per stored segment (Breakfast segmentation, COIN steps, synthetic
@@ -327,6 +341,7 @@ def validate(cfg: Config) -> Config:
     _check(cfg.probe.epochs >= 1 and cfg.probe.batch_size >= 2, "probe.epochs must be >= 1 and probe.batch_size >= 2")
     _check(0.0 < cfg.probe.val_fraction < 1.0, "probe.val_fraction must be in (0, 1)")
     _check(bool(cfg.probe.seeds), "probe.seeds must not be empty")
+    _check(cfg.probe.encode_window >= 0, "probe.encode_window must be >= 0")
     _check(cfg.probe.attn_dim >= 0 and cfg.probe.attn_patience >= 0, "probe.attn_dim and probe.attn_patience must be >= 0")
     _check(all(lr > 0 for lr in [cfg.probe.lr, *cfg.probe.linear_lrs]), "probe.lr and probe.linear_lrs must be > 0")
     _check(cfg.probe.dense_width >= 1 and cfg.probe.dense_layers >= 0 and cfg.probe.dense_plots >= 0,
@@ -342,6 +357,9 @@ def _validate_pretrain(cfg: Config) -> None:
            "data.weights must be >= 0 and not all zero")
     _check(d.bucket_window >= 1, "data.bucket_window must be >= 1")
     _check_something_masked(cfg.masking.ratio, d.min_len, d.max_len)
+    _check(0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    _check(t.eval_every >= 0 and t.eval_windows >= 1, "train.eval_every must be >= 0 and train.eval_windows >= 1")
+    _check(all(n >= 1 for n in t.eval_lengths), "train.eval_lengths must be segment counts >= 1")
     _check(ds.micro_batch >= 1 and ds.grad_accum >= 1, "deepspeed.micro_batch and deepspeed.grad_accum must be >= 1")
     _check(t.steps >= 1 and t.save_every >= 1 and t.log_every >= 1 and t.keep_last >= 1,
            "train.steps, train.save_every, train.log_every and train.keep_last must be >= 1")

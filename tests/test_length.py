@@ -158,3 +158,24 @@ def test_validator_cos_gain_is_high_for_a_perfect_predictor():
     assert out["val/cos_gain@32"] > 0.8
     masks = build_masks(None, torch.ones(1, 4, dtype=torch.bool), MaskingConfig(ratio=0.5))
     assert masks.mask.sum() == 2
+
+
+def test_window_encoding_equals_encoding_each_window_alone():
+    from lvmae.probe.bank import SequenceBank
+    from lvmae.probe.encoder import encode_bank
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([10, 4, 7])
+    flat = torch.randn(int(lengths.sum()), 16)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    bank = SequenceBank(["a", "b", "c"], flat, offsets, lengths)
+    m = _model().eval()
+    enc = encode_bank(m, bank, batch_size=2, window=4)
+    assert enc.lengths.tolist() == [10, 4, 7]
+    a = flat[:10]
+    want = torch.cat([m.encode(a[i : i + 4][None], torch.ones(1, len(a[i : i + 4]), dtype=torch.bool))["tokens"][0]
+                      for i in range(0, 10, 4)])
+    torch.testing.assert_close(enc.flat[:10], want.detach(), atol=1e-5, rtol=1e-5)
+    whole = encode_bank(m, bank, batch_size=2)
+    torch.testing.assert_close(enc.flat[10:14], whole.flat[10:14], atol=1e-5, rtol=1e-5)  # b fits in one window
+    assert not torch.allclose(enc.flat[:10], whole.flat[:10], atol=1e-4)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lvmae.errors import DataError, LvmaeError
 from lvmae.probe.bank import SequenceBank, load_bank
@@ -74,15 +74,46 @@ def subset(bank: SequenceBank, ids: Sequence[str]) -> SequenceBank:
     return SequenceBank(list(ids), flat, offsets, lengths, cls)
 
 
+def split_windows(bank: SequenceBank, window: int) -> tuple[SequenceBank, Tensor]:
+    """Each sequence cut into consecutive windows of ``window`` segments (the last may be
+    shorter): a bank of windows over the same ``flat`` rows, and each window's source row."""
+    counts = (bank.lengths + window - 1) // window
+    owner = torch.repeat_interleave(torch.arange(len(bank)), counts)
+    first = torch.cumsum(counts, 0) - counts
+    k = torch.arange(int(counts.sum())) - torch.repeat_interleave(first, counts)
+    offsets = bank.offsets[owner] + k * window
+    lengths = torch.minimum(bank.lengths[owner] - k * window, torch.tensor(window))
+    ids = [f"{bank.ids[int(o)]}#{int(i)}" for o, i in zip(owner, k)]
+    return SequenceBank(ids, bank.flat, offsets, lengths), owner
+
+
+def merge_windows(enc: SequenceBank, owner: Tensor, ids: list[str]) -> SequenceBank:
+    """Inverse of :func:`split_windows` for encoder outputs: a video's tokens are its windows'
+    tokens in order; its cls is the mean of their cls."""
+    flat = subset(enc, enc.ids).flat  # windows in order, hence each video's tokens in time order
+    lengths = torch.zeros(len(ids), dtype=torch.long).index_add_(0, owner, enc.lengths)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    counts = torch.bincount(owner, minlength=len(ids)).clamp(min=1)[:, None]
+    cls = torch.zeros(len(ids), enc.cls.shape[1]).index_add_(0, owner, enc.cls) / counts
+    return SequenceBank(list(ids), flat, offsets, lengths, cls)
+
+
 @torch.no_grad()
 def encode_bank(model: nn.Module, bank: SequenceBank, batch_size: int = 16, device: torch.device | str = "cpu",
-                scale: float | None = None, progress: bool = False) -> SequenceBank:
+                scale: float | None = None, progress: bool = False, window: int = 0) -> SequenceBank:
     """Run ``model.encode(x, valid, scale)`` over every sequence -> bank of tokens ``[T', W]`` and cls ``[N, W]``.
 
     Sequences are encoded longest first so each batch pads little; the encoder's
     own ``valid`` mask says which output tokens are real (it may emit several per segment).
+    ``window > 0`` encodes consecutive windows of that many segments independently (the
+    context a model trained on short crops sees when a long video is cut up) and joins them.
     """
     from tqdm.auto import tqdm
+
+    if window > 0:
+        windows, owner = split_windows(bank, window)
+        enc = encode_bank(model, windows, batch_size, device, scale, progress)
+        return merge_windows(enc, owner, list(bank.ids))
 
     order = torch.argsort(bank.lengths, descending=True, stable=True)
     flats, lens, clss = [], [], []
@@ -131,13 +162,13 @@ def _read_cache(store: FeatureStore, ids: Sequence[str]) -> SequenceBank:
 
 def cached_encode(model: nn.Module, bank: SequenceBank, root: str | os.PathLike, key: str,
                   batch_size: int, device: torch.device | str, scale: float | None = None,
-                  progress: bool = False, info: dict[str, Any] | None = None) -> SequenceBank:
+                  progress: bool = False, info: dict[str, Any] | None = None, window: int = 0) -> SequenceBank:
     """Encoder outputs for every video of ``bank``: read from ``root/key`` where cached, else encoded and stored."""
     root = Path(root) / key
     store = FeatureStore.open(root, expect_hash=key) if (root / "store.json").is_file() else None
     todo = [v for v in bank.ids if store is None or v not in store]
     if todo:
-        enc = encode_bank(model, subset(bank, todo), batch_size, device, scale, progress)
+        enc = encode_bank(model, subset(bank, todo), batch_size, device, scale, progress, window)
         store = _write_cache(root, key, enc, info or {})
     assert store is not None
     return _read_cache(store, bank.ids)

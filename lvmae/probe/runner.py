@@ -137,11 +137,15 @@ def _encoded_bank(cfg: Config, store: FeatureStore, raw: SequenceBank, encoder: 
         raise DataError(f"the LV-MAE encoder takes {in_dim}-d inputs but probe.modalities {pc.modalities} "
                         f"in {pc.store} give {raw.dim}-d; use the modalities it was pretrained on")
     if not pc.cache:
-        return encode_bank(encoder, raw, pc.encode_batch, device, pc.scale, cfg.run.progress), digest
-    key = cache_key(digest, store, {"modalities": list(pc.modalities), "max_len": pc.max_len, "scale": pc.scale})
+        return encode_bank(encoder, raw, pc.encode_batch, device, pc.scale, cfg.run.progress,
+                           pc.encode_window), digest
+    settings = {"modalities": list(pc.modalities), "max_len": pc.max_len, "scale": pc.scale}
+    if pc.encode_window:
+        settings["window"] = pc.encode_window  # absent when 0: caches made before the key stay valid
+    key = cache_key(digest, store, settings)
     root = pc.cache_dir or str(Path(cfg.run.out_dir) / "encoded")
     bank = cached_encode(encoder, raw, root, key, pc.encode_batch, device, pc.scale, cfg.run.progress,
-                         {"checkpoint": str(pc.checkpoint), "digest": digest})
+                         {"checkpoint": str(pc.checkpoint), "digest": digest}, pc.encode_window)
     return bank, digest
 
 

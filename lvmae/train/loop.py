@@ -36,6 +36,7 @@ from lvmae.train.engine import DistInfo, Engine, build_engine, setup_distributed
 from lvmae.train.export import write_export
 from lvmae.train.metrics import MetricsLogger, plot_curves, read_metrics, retrieval_hits
 from lvmae.train.schedule import lr_at, resolve_peak_lr
+from lvmae.train.validate import Validator, build_validator
 
 log = logging.getLogger("lvmae.train")
 
@@ -52,8 +53,14 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def with_data_dims(cfg: Config, dims: list[int]) -> Config:
-    """``model.in_dim`` / ``model.modality_dims`` from the store: the data decides the input size."""
-    model = dataclasses.replace(cfg.model, in_dim=int(sum(dims)), modality_dims=list(dims) if len(dims) > 1 else [])
+    """``model.in_dim`` / ``model.modality_dims`` from the store (the data decides the input size),
+    and ``model.rope.train_length`` from ``data.max_len`` where the positions depend on it and it is unset."""
+    rope = cfg.model.rope
+    uses_length = rope.length_scaling or (rope.kind == "hope" and rope.zero_freq_rule == "wavelength")
+    if rope.train_length == 0 and uses_length:
+        rope = dataclasses.replace(rope, train_length=cfg.data.max_len)
+    model = dataclasses.replace(cfg.model, in_dim=int(sum(dims)), modality_dims=list(dims) if len(dims) > 1 else [],
+                                rope=rope)
     return dataclasses.replace(cfg, model=model)
 
 
@@ -76,6 +83,10 @@ class _Run:
     peak: float
     step: int = 0
     resumed_from: str | None = None
+
+    @property
+    def validating(self) -> bool:
+        return bool(self.cfg.data.val_stores) or self.cfg.data.val_fraction > 0.0
 
 
 def _setup(cfg: Config) -> _Run:
@@ -364,8 +375,17 @@ def _due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
 
-def _train(run: _Run, logger: MetricsLogger) -> dict[str, float]:
-    """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``save_every`` and at the end."""
+def _validate(run: _Run, validator: Validator | None) -> dict[str, float]:
+    """Held-out losses, computed on the main rank (every rank takes part in gathering the weights)."""
+    with run.engine.gathered() as module:
+        out = validator(module, run.engine.device) if validator is not None else {}
+    run.engine.barrier()
+    return out
+
+
+def _train(run: _Run, logger: MetricsLogger, validator: Validator | None = None) -> dict[str, float]:
+    """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``save_every`` and at the end,
+    validate every ``eval_every`` (default: at each checkpoint) when there is validation data."""
     from tqdm import tqdm
 
     t = run.cfg.train
@@ -379,10 +399,14 @@ def _train(run: _Run, logger: MetricsLogger) -> dict[str, float]:
             window.append(_train_step(run, retrieval=_due(run.step + 1, t.log_every, t.steps)))
             bar.update(1)
             logs, save = _due(run.step, t.log_every, t.steps), _due(run.step, t.save_every, t.steps)
-            if logs or save:
+            evals = run.validating and _due(run.step, t.eval_every or t.save_every, t.steps)
+            if logs or save or evals:
                 rows = _fetch(run, window)  # raises before a non-finite step is logged or saved
+            val = _validate(run, validator) if evals else {}
+            if val and not logs:
+                logger.log(run.step, val)
             if logs:
-                scalars = _log_scalars(run, window, rows, time.perf_counter() - tic)
+                scalars = {**_log_scalars(run, window, rows, time.perf_counter() - tic), **val}
                 logger.log(run.step, scalars)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", lr=f"{scalars['train/lr']:.2e}",
                                 top1=f"{scalars['train/retrieval_top1']:.2f}")
@@ -435,7 +459,11 @@ def pretrain(cfg: Config) -> dict[str, Any]:
                            wandb={"project": cfg.run.wandb_project, "config": dataclasses.asdict(cfg)})
     ok = False
     try:
-        last = _train(run, logger) if run.step < run.cfg.train.steps else {}
+        validator = None
+        if run.validating and run.dist.is_main:
+            c = run.cfg
+            validator = build_validator(c.data, c.masking, c.train.eval_lengths, c.train.eval_windows, c.run.seed)
+        last = _train(run, logger, validator) if run.step < run.cfg.train.steps else {}
         export = export_encoder(run) if run.cfg.train.export else None
         ok = True
     finally:
@@ -451,11 +479,12 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 
 def _summary(run: _Run, start: int, last: dict[str, float], export: Path | None) -> dict[str, Any]:
     recs = read_metrics(run.dir / "metrics.jsonl") if run.dist.is_main else []
+    train_recs = [r for r in recs if "train/loss" in r]
     return {
         "steps": run.step, "start_step": start, "resumed_from": run.resumed_from,
         "engine": run.engine.name, "world": run.dist.world, "global_batch": run.engine.global_batch,
         "peak_lr": run.peak,
-        "first_loss": recs[0]["train/loss"] if recs else None,
+        "first_loss": train_recs[0]["train/loss"] if train_recs else None,
         "final_loss": last.get("train/loss"), "final_metrics": last,
         "checkpoint": str(run.ckpt.last) if run.ckpt.last else None,
         "export": str(export) if export else None, "run_dir": str(run.dir),

@@ -17,7 +17,7 @@ from lvmae.io import atomic_write, atomic_write_text, guard_write
 @torch.no_grad()
 def retrieval_hits(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor,
-    ks: Sequence[int] = (1, 5), chunk: int = 4096,
+    ks: Sequence[int] = (1, 5), chunk: int = 4096, distinct: float = 0.9,
 ) -> torch.Tensor:
     """Top-k retrieval rates ``[len(ks)]`` on the batch's device, without a host sync.
 
@@ -25,6 +25,10 @@ def retrieval_hits(
     boolean indexing (which waits for the GPU to learn the result's size): every
     segment is scored as a query against every segment, invalid ones excluded from
     the gallery, in chunks of ``chunk`` queries to bound memory at ``chunk × B·L``.
+    Only *distinct* segments compete: a gallery item whose target has cosine >= ``distinct``
+    to the query's own target (a near-copy: the same step seen twice, a tiled crop) never
+    counts against it, so the rate measures whether a prediction tells its segment apart
+    from different-looking ones instead of staying near 0 on repetitive videos.
     """
     d = pred.shape[-1]
     queries = F.normalize(pred.reshape(-1, d).float(), dim=-1)  # [B*L, D]
@@ -35,7 +39,8 @@ def retrieval_hits(
     for lo in range(0, len(queries), chunk):
         sims = queries[lo : lo + chunk] @ gallery.T  # [c, B*L]
         own = sims.diagonal(offset=lo)[:, None]  # each query's score against its own target
-        rank = ((sims > own) & in_gallery).sum(1)  # [c]
+        near = (gallery[lo : lo + chunk] @ gallery.T) >= distinct  # [c, B*L] near-copies of the own target
+        rank = ((sims > own) & in_gallery & ~near).sum(1)  # [c]
         hits += ((rank[:, None] < k) & is_query[lo : lo + chunk, None]).sum(0)
     return hits / is_query.sum().clamp(min=1)
 
@@ -47,8 +52,8 @@ def retrieval_topk(
 
     pred, target: [B, L, D]; mask, valid: [B, L] bool. The gallery is every valid
     segment of the batch (``N = valid.sum()``); a query counts as a hit at k when
-    fewer than k gallery items score strictly higher than its own target (ties,
-    e.g. tiled copies of the same segment, do not count against it).
+    fewer than k *distinct* gallery items (see :func:`retrieval_hits`) score strictly higher
+    than its own target.
     Returns ``{"top1": .., "top5": ..}`` (NaN-free; 0 when nothing is masked).
     """
     return dict(zip((f"top{k}" for k in ks), retrieval_hits(pred, target, mask, valid, ks).tolist()))
@@ -122,23 +127,30 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> Path | None:
-    """Loss, LR and reconstruction retrieval against the step, as one PNG (matplotlib Agg)."""
+    """Loss (training and held-out at each validated length), LR and reconstruction retrieval
+    against the step, as one PNG (matplotlib Agg)."""
     recs = read_metrics(metrics_path)
-    if not recs:
+    train = [r for r in recs if "train/loss" in r]
+    if not train:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in recs]
+    steps = [r["step"] for r in train]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(steps, [r["train/loss"] for r in recs])
+    axes[0].plot(steps, [r["train/loss"] for r in train], label="train")
+    val_keys = sorted({k for r in recs for k in r if k.startswith("val/loss@")}, key=lambda k: int(k.split("@")[1]))
+    for k in val_keys:
+        pts = [(r["step"], r[k]) for r in recs if k in r]
+        axes[0].plot(*zip(*pts), marker="o", ms=3, label=f"val, {k.split('@')[1]} segments")
     axes[0].set(title="reconstruction loss", xlabel="step", yscale="log")
-    axes[1].plot(steps, [r["train/lr"] for r in recs])
+    axes[0].legend(fontsize=7)
+    axes[1].plot(steps, [r["train/lr"] for r in train])
     axes[1].set(title="learning rate", xlabel="step")
     for k in ("top1", "top5"):
-        axes[2].plot(steps, [r[f"train/retrieval_{k}"] for r in recs], label=k)
+        axes[2].plot(steps, [r[f"train/retrieval_{k}"] for r in train], label=k)
     axes[2].set(title="masked-segment retrieval", xlabel="step", ylim=(0, 1.02))
     axes[2].legend()
     fig.tight_layout()
