@@ -234,8 +234,7 @@ def test_collect_videos(tmp_path):
     (tmp_path / "P04" / "x.mp4").write_bytes(b"0")
     with pytest.raises(DataError, match="relpath"):
         collect_videos(tmp_path, "stem")  # two different x.mp4
-    with pytest.raises(DataError, match="no such video"):
-        collect_videos([tmp_path / "nope.mp4"])
+    assert collect_videos([tmp_path / "nope.mp4"])[0].video_id == "nope"  # recorded as failed by the run
 
 
 def test_memory_stays_flat_over_a_long_video(tmp_path):

@@ -217,7 +217,7 @@ def test_cli(vdir, tmp_path, capsys):
     out = tmp_path / "store: yes"  # --out is a literal path, not YAML
     sets = ["extract.encoder.vision=tiny", "extract.encoder.audio=null", "extract.segment.frames=2",
             "extract.encoder.image_size=32"]
-    assert main(["extract", str(vdir), "--out", str(out), "--no-progress", *sets]) == 0
+    assert main(["extract", str(vdir), "--out", str(out), "--no-progress", *sets]) == 3  # some failed
     line = capsys.readouterr().out.strip()
     assert "4 done" in line and "2 failed" in line and "segments/s" in line
     listing = tmp_path / "list.txt"
@@ -225,8 +225,8 @@ def test_cli(vdir, tmp_path, capsys):
     assert main(["extract", "--no-progress", str(listing), "-o", str(out), "--json", *sets]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 2
     assert FeatureStore.open(out).modalities == ["vision"]
-    assert main(["extract", str(tmp_path / "missing.mp4"), "--out", str(out)]) == 2
-    assert "no such video" in capsys.readouterr().err
+    assert main(["extract", str(tmp_path / "missing.mp4"), "--out", str(out), *sets]) == 4  # recorded, all failed
+    assert "file not found" in FeatureStore.open(out).failed["missing"]
 
 
 def test_default_encoders_end_to_end(vdir, tmp_path):

@@ -15,8 +15,10 @@ Cut each video into segments (extract.segment.*), embed every segment with the f
 encoders (extract.encoder.*: vision efficientnet_lite0 | hf_clip, audio logmel, text
 minilm | hf_text) and write them to a feature store. VIDEOS are video files, directories
 (searched recursively) or .txt/.lst files listing videos (one path, or ID<TAB>PATH, a line).
-Re-running the same command skips finished videos; unreadable or too-short files are
-recorded as failed with the reason and the run goes on. Several ranks (--shard i/n, or
+Re-running the same command skips finished videos; unreadable, missing or too-short files
+are recorded as failed with the reason and the run goes on. Exit status: 0 when every
+listed video is in the store, 3 when some failed (in this run or before), 4 when all did,
+2 for bad arguments or a full disk. Several ranks (--shard i/n, or
 RANK/WORLD_SIZE from torchrun/deepspeed) can write into one store at once.
 
 examples:
@@ -55,7 +57,7 @@ def _reparse(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lvmae.extraction.api import Extractor, summary_line
+    from lvmae.extraction.api import Extractor, exit_code, summary_line
 
     args = _reparse(args)
     videos, overrides = split_overrides(args.items)
@@ -73,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
         for vid, reason in summary["failures"].items():
             print(f"extract: failed: {vid}: {reason}", file=sys.stderr)
     print(json.dumps(summary, indent=2) if args.json else summary_line(summary))
-    return 0
+    return exit_code(summary)

@@ -78,6 +78,12 @@ def unit_range(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def clip_unit_range(x: Tensor) -> Tensor:
+    """Default clip preprocessing (``frame_level=False``): ``uint8 [B, K, H, W, 3]`` -> float
+    ``[B, 3, K, H, W]`` in [0, 1], the layout of ``nn.Conv3d`` (channels, then time)."""
+    return x.permute(0, 4, 1, 2, 3).float().div_(255.0)
+
+
 class TorchEncoder:
     """A frozen ``nn.Module`` behind the :class:`~lvmae.encoders.base.Encoder` protocol.
 
@@ -104,9 +110,10 @@ class TorchEncoder:
         self.version = version or fingerprint_module(module)
         self.device = torch.device(resolve_device(device))
         self.module = module.eval().requires_grad_(False).to(self.device)
-        if modality == "vision":
+        if self.frame_level:  # 2-D convolutions over frames; a clip tower may hold 5-D (Conv3d) weights
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.preprocess = preprocess or (unit_range if modality == "vision" else _identity)
+        default = (unit_range if self.frame_level else clip_unit_range) if modality == "vision" else _identity
+        self.preprocess = preprocess or default
         self.output = output or default_output
         self.precision = precision
         self.dim = int(dim) if dim is not None else self._probe_dim()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -243,9 +244,11 @@ class Extractor:
 
         Videos already in the store (ok or failed; ok only with ``retry_failed``) are skipped.
         """
-        items = collect_videos(videos, self.cfg.id_from)
+        ignored: list[str] = []
+        items = collect_videos(videos, self.cfg.id_from, ignored)
         if not items:
-            raise DataError(f"no videos found in {videos!r}")
+            raise DataError(f"no videos found in {videos!r}" + (f" ({len(ignored)} other files, e.g. {ignored[0]})"
+                                                               if ignored else ""))
         rank, world = parse_shard(shard if shard is not None else self.cfg.shard)
         mine = items[rank::world]
         store = self.open_store(out if out is not None else self.cfg.out)
@@ -262,6 +265,9 @@ class Extractor:
         store.refresh()
         return {
             "store": str(store.root), "config_hash": self.config_hash, "shard": f"{rank}/{world}",
+            "ok_in_store": sum(it.video_id in store for it in mine),
+            "failed_in_store": sum(it.video_id in store.failed for it in mine),
+            "ignored": len(ignored), "ignored_files": ignored[:20],
             "videos": len(mine), "skipped": len(mine) - len(todo), "done": stats.done,
             "failed": stats.failed, "short": stats.short, "segments": stats.segments,
             "video_hours": round(stats.seconds / 3600, 4), "elapsed_s": round(stats.elapsed, 3),
@@ -278,13 +284,97 @@ def extract(videos: Any, out: str | os.PathLike | None = None, cfg: ExtractConfi
     return Extractor(cfg, encoders).run(videos, out, shard=shard, progress=progress)
 
 
+EXIT_SOME_FAILED, EXIT_ALL_FAILED = 3, 4
+
+
+def exit_code(s: Mapping[str, Any]) -> int:
+    """0: every listed video is in the store; 3: some failed (now or before); 4: none is in it."""
+    if not s.get("failed_in_store"):
+        return 0
+    return EXIT_ALL_FAILED if not s.get("ok_in_store") else EXIT_SOME_FAILED
+
+
 def summary_line(s: Mapping[str, Any]) -> str:
     """One human line for the end of a run."""
     short = f" ({s['short']} shorter than a segment)" if s.get("short") else ""
+    ignored = f"; {s['ignored']} non-media files ignored (see --json)" if s.get("ignored") else ""
     return (f"extract [{s['shard']}]: {s['videos']} videos: {s['done']} done{short}, {s['failed']} failed, "
             f"{s['skipped']} already in store; {s['segments']} segments ({s['video_hours']:.2f} h of video) "
             f"in {s['elapsed_s']:.1f} s = {s['segments_per_s']:.1f} segments/s -> {s['store']} "
-            f"({s['store_videos']} videos, {s['store_failed']} failed in store)")
+            f"({s['store_videos']} videos, {s['store_failed']} failed in store){ignored}")
+
+
+def expected_segments(path: str, spec: DecodeSpec) -> int | None:
+    """Segments a file should give, from the length its header announces (None: unknown)."""
+    import av
+
+    from lvmae.extraction.segments import announced_duration
+    from lvmae.extraction.video import segment_windows
+
+    try:
+        with av.open(path) as c:
+            d = announced_duration(c, c.streams.video[0]) if c.streams.video else None
+    except Exception:  # any unreadable file: its decode worker reports why
+        return None
+    return len(segment_windows(d, spec.seconds, spec.stride, spec.min_last_fraction)) if d else None
+
+
+class _Progress:
+    """A bar in segments with an ETA: the total is what the files announce (read from their
+    headers by a background thread), corrected by what each video really gave once it ends."""
+
+    def __init__(self, todo: list[VideoItem], spec: DecodeSpec, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, unit="seg", desc="extract", disable=not enabled, dynamic_ncols=True)
+        self.videos = len(todo)
+        self.est: dict[int, int] = {}  # announced segments of videos still going
+        self.est_sum = self.finished_sum = 0  # ... and the real segments of ended ones
+        self.got: dict[int, int] = {}
+        self.done: set[int] = set()
+        self.arrived: queue.SimpleQueue = queue.SimpleQueue()
+        if enabled:
+            threading.Thread(target=self._probe, args=(todo, spec), daemon=True).start()
+
+    def _probe(self, todo: list[VideoItem], spec: DecodeSpec) -> None:
+        for job, it in enumerate(todo):
+            n = expected_segments(it.path, spec)
+            if n is not None:
+                self.arrived.put((job, n))
+
+    def segments(self, jobs: list[int]) -> None:
+        for job in jobs:
+            self.got[job] = self.got.get(job, 0) + 1
+        self.bar.update(len(jobs))
+        self._total()
+
+    def end(self, job: int, failed: int) -> None:
+        self.done.add(job)
+        self.finished_sum += self.got.pop(job, 0)
+        self.est_sum -= self.est.pop(job, 0)
+        self.bar.set_postfix(videos=f"{len(self.done)}/{self.videos}", failed=failed, refresh=False)
+        self._total()
+
+    def _total(self) -> None:
+        while not self.arrived.empty():
+            job, n = self.arrived.get()
+            if job not in self.done:
+                self.est[job], self.est_sum = n, self.est_sum + n
+        if self.est:
+            avg = self.est_sum / len(self.est)
+        elif self.done:
+            avg = self.finished_sum / len(self.done)
+        else:
+            return  # nothing known yet: no total, no ETA
+        unknown = self.videos - len(self.done) - len(self.est)
+        self.bar.total = max(self.bar.n, round(self.finished_sum + self.est_sum + unknown * avg))
+        self.bar.refresh()
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _Run:
@@ -303,15 +393,12 @@ class _Run:
         self.encoded = 0
 
     def loop(self) -> None:
-        from tqdm import tqdm
-
         from lvmae.extraction.workers import decode_pool
 
         cfg = self.ex.cfg
         pool = decode_pool([(j, it.path) for j, it in enumerate(self.todo)], self.ex.spec,
                           self.ex.decode_workers, cfg.decode_backend, cfg.prefetch_segments)
-        self.bar = tqdm(total=len(self.todo), unit="video", desc="extract", disable=not self.progress,
-                        dynamic_ncols=True)
+        self.bar = _Progress(self.todo, self.ex.spec, self.progress)
         try:
             while len(self.ended) < len(self.todo):
                 try:
@@ -366,15 +453,14 @@ class _Run:
             self.videos[job].rows[seg.index] = {m: rows[m][r] for m in rows}
         jobs = {job for job, _ in self.batch}
         self.encoded += len(self.batch)
+        self.bar.segments([job for job, _ in self.batch])
         self.batch = []
         for job in sorted(jobs):
             self._maybe_write(job)
-        self.bar.set_postfix(seg_s=f"{self.encoded / max(self.stats.elapsed, 1e-9):.1f}",
-                             failed=self.stats.failed, refresh=False)
 
     def _record(self, v: _Video, info: dict) -> dict[str, Any]:
-        keep = ("duration", "announced_duration", "format", "codec", "width", "height", "fps",
-                "has_audio", "text_source", "notes")
+        keep = ("duration", "announced_duration", "format", "codec", "width", "height", "coded_size", "rotation",
+                "fps", "has_audio", "text_source", "notes")
         seg = self.ex.spec
         return {"path": v.item.path, "segment_seconds": seg.seconds, "stride": seg.stride,
                 "encoders": {m: f"{e.name}@{e.version}" for m, e in self.ex.encoders.items()},
@@ -393,7 +479,7 @@ class _Run:
         s = self.stats
         s.done, s.segments, s.seconds = s.done + 1, s.segments + int(v.expected or 0), s.seconds + (v.info.get("duration") or 0.0)
         s.short += any(n.startswith(SHORT_NOTE) for n in v.info.get("notes", []))
-        self.bar.update(1)
+        self.bar.end(job, s.failed)
 
     def _fail(self, job: int, reason: str, info: dict, v: _Video | None = None) -> None:
         v = v or self.videos.pop(job)
@@ -402,5 +488,5 @@ class _Run:
         self.stats.failed += 1
         self.stats.failures[v.item.video_id] = reason
         if self.progress:
-            self.bar.write(f"extract: failed: {v.item.video_id}: {reason}", file=sys.stderr)
-        self.bar.update(1)
+            self.bar.write(f"extract: failed: {v.item.video_id}: {reason}")
+        self.bar.end(job, self.stats.failed)

@@ -5,6 +5,11 @@ Video ids are what the rest of lvmae joins on (label files name videos by id):
 ``relpath`` is the path below the directory (or list file) it was found through, without
 extension, e.g. ``P03/cam01/P03_cereals`` for Breakfast. Two different files with one id
 are refused up front: they would overwrite each other's features.
+
+Directory scans follow symbolic links to directories (each real directory once) and keep
+broken links to media files (they are recorded as failed, not skipped in silence); other
+files are counted and named in the summary (``ignored``). A path given on the command
+line that does not exist is recorded as failed too, and the run goes on.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from lvmae.errors import DataError
 
 VIDEO_EXTS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv",
-    ".ts", ".mts", ".m2ts", ".3gp", ".ogv", ".vob", ".mxf", ".divx", ".dv",
+    ".ts", ".mts", ".m2ts", ".3gp", ".ogv", ".vob", ".mxf", ".divx", ".dv", ".gif", ".webp", ".apng",
+    # audio-only files: FFmpeg reads them; they fail as "no video stream" unless vision is off
+    ".m4a", ".mp3", ".wav", ".flac", ".aac", ".ogg", ".oga", ".opus", ".wma",
 })
+SIDECARS = frozenset({".srt", ".vtt", ".ass", ".ssa"})  # subtitles next to a video: not ignored files
 LIST_EXTS = frozenset({".txt", ".lst", ".list"})
 ID_FROM = ("stem", "relpath")
 
@@ -40,9 +48,24 @@ def _make_id(path: Path, base: Path, id_from: str) -> str:
     return rel.with_suffix("").as_posix()
 
 
-def _from_dir(d: Path, id_from: str) -> list[VideoItem]:
-    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
-    return [VideoItem(_make_id(p, d, id_from), str(p)) for p in files]
+def _from_dir(d: Path, id_from: str, ignored: list[str]) -> list[VideoItem]:
+    """Media files below ``d`` (symlinked dirs followed, each real dir once); others go to ``ignored``."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(d, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in names:
+            p = Path(root) / name
+            ext = p.suffix.lower()
+            if ext in VIDEO_EXTS:
+                files.append(p)  # a broken link or a FIFO fails with its reason
+            elif ext not in SIDECARS and ext not in LIST_EXTS:
+                ignored.append(str(p))
+    return [VideoItem(_make_id(p, d, id_from), str(p)) for p in sorted(files)]
 
 
 def _from_list(f: Path, id_from: str) -> list[VideoItem]:
@@ -61,13 +84,16 @@ def _from_list(f: Path, id_from: str) -> list[VideoItem]:
     return out
 
 
-def collect_videos(inputs: str | os.PathLike | Iterable | Mapping, id_from: str = "stem") -> list[VideoItem]:
+def collect_videos(inputs: str | os.PathLike | Iterable | Mapping, id_from: str = "stem",
+                   ignored: list[str] | None = None) -> list[VideoItem]:
     """Expand ``inputs`` into videos sorted by id.
 
     ``inputs``: a path or a list of paths (video files, directories searched recursively for
     video extensions, ``.txt``/``.lst``/``.list`` files listing videos), a ``{id: path}``
-    mapping, or ``(id, path)`` pairs / :class:`VideoItem` objects.
+    mapping, or ``(id, path)`` pairs / :class:`VideoItem` objects. Files of directories that
+    are not media are appended to ``ignored``.
     """
+    ignored = [] if ignored is None else ignored
     if id_from not in ID_FROM:
         raise DataError(f"id_from must be one of {list(ID_FROM)}, got {id_from!r}")
     if isinstance(inputs, Mapping):
@@ -77,23 +103,21 @@ def collect_videos(inputs: str | os.PathLike | Iterable | Mapping, id_from: str 
             inputs = [inputs]
         items = []
         for x in inputs:
-            items.extend(_expand(x, id_from))
+            items.extend(_expand(x, id_from, ignored))
     return _dedupe(items)
 
 
-def _expand(x: object, id_from: str) -> list[VideoItem]:
+def _expand(x: object, id_from: str, ignored: list[str]) -> list[VideoItem]:
     if isinstance(x, VideoItem):
         return [x]
     if isinstance(x, tuple) and len(x) == 2:
         return [VideoItem(str(x[0]), str(x[1]))]
     p = Path(x)  # type: ignore[arg-type]
     if p.is_dir():
-        return _from_dir(p, id_from)
+        return _from_dir(p, id_from, ignored)
     if p.is_file() and p.suffix.lower() in LIST_EXTS:
         return _from_list(p, id_from)
-    if not p.exists():
-        raise DataError(f"no such video, directory or list file: {p}")
-    return [VideoItem(_make_id(p, p.parent, id_from), str(p))]
+    return [VideoItem(_make_id(p, p.parent, id_from), str(p))]  # a missing one is recorded as failed
 
 
 def _dedupe(items: list[VideoItem]) -> list[VideoItem]:

@@ -23,7 +23,9 @@ Memory is a few segments of small frames, whatever the video's length.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -125,13 +127,17 @@ class _Window:
 
 def to_rgb(frame: av.VideoFrame, size: int, resize: str = "center_crop") -> np.ndarray:
     """``[size, size, 3]`` uint8 RGB of the frame as displayed (its display rotation applied,
-    as players and FFmpeg do): short side scaled to ``size`` then centre-cropped, or squashed."""
+    as players and FFmpeg do): short side scaled to ``size`` then centre-cropped, or squashed.
+
+    ``threads=1``: FFmpeg's scaler would otherwise start its own thread pool for every frame
+    (one thread per core each, kept until the garbage collector frees the scaler: hundreds of
+    live threads and memory growing with the video's length); a small frame is faster alone."""
     w, h = frame.width, frame.height
     if resize == "squash":
-        return upright(frame.reformat(size, size, "rgb24", interpolation="AREA").to_ndarray(), frame)
+        return upright(frame.reformat(size, size, "rgb24", interpolation="AREA", threads=1).to_ndarray(), frame)
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = upright(frame.reformat(nw, nh, "rgb24", interpolation="AREA").to_ndarray(), frame)
+    img = upright(frame.reformat(nw, nh, "rgb24", interpolation="AREA", threads=1).to_ndarray(), frame)
     y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
     return np.ascontiguousarray(img[y:y + size, x:x + size])
 
@@ -146,7 +152,7 @@ def open_video(path: str | Path) -> tuple[Any, Any]:
     """``(container, video stream)``; a clear :class:`DataError` for files that cannot be read."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"file not found: {path}")
+        raise DataError(not_a_file(path))
     if path.stat().st_size == 0:
         raise DataError("empty file (0 bytes)")
     try:
@@ -158,6 +164,20 @@ def open_video(path: str | Path) -> tuple[Any, Any]:
         container.close()
         raise DataError(f"no video stream ({', '.join(kinds)} only)")
     return container, container.streams.video[0]
+
+
+def not_a_file(path: Path) -> str:
+    """Why ``path`` is no readable file, in words (a FIFO is not "not found")."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link: {path} -> {os.readlink(path)}"
+    if not path.exists():
+        return f"file not found: {path}"
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return f"{path} is a named pipe (FIFO), not a file: save the stream to a file first"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a directory"
+    return f"{path} is not a regular file (a device or socket)"
 
 
 def stream_origin(container: Any, stream: Any) -> float:
@@ -181,6 +201,8 @@ def iter_frames(container: Any, stream: Any, origin: float, info: dict,
     last_t = -math.inf
     try:
         for frame in container.decode(stream):
+            if last_t == -math.inf:
+                _upright_size(frame, info)
             if frame.pts is not None and tb:
                 t = max(float(frame.pts * tb) - origin, last_t)
             else:
@@ -191,8 +213,19 @@ def iter_frames(container: Any, stream: Any, origin: float, info: dict,
     except (av.error.FFmpegError, ValueError) as e:
         at = max(last_t, 0.0)
         if not keep_truncated:
-            raise DataError(f"decode error at {at:.1f} s: {_msg(e)}") from None
+            raise DataError(f"decode error at {at:.1f} s: {_msg(e)} (a truncated file? "
+                            "extract.keep_truncated=true keeps the decodable part)") from None
         info.setdefault("notes", []).append(f"truncated: decode error at {at:.1f} s ({_msg(e)})")
+
+
+def _upright_size(frame: av.VideoFrame, info: dict) -> None:
+    """The size as embedded (display rotation applied, see :func:`upright`), not as coded."""
+    k = round(frame.rotation / 90) % 4 if frame.side_data else 0
+    if k:
+        info["rotation"] = 90 * k
+    if k % 2 and "width" in info:
+        info["coded_size"] = [info["width"], info["height"]]
+        info["width"], info["height"] = info["height"], info["width"]
 
 
 def iter_windows(frames: Iterator[_Frame], spec: DecodeSpec, info: dict | None = None) -> Iterator[_Window]:
