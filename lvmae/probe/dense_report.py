@@ -123,8 +123,8 @@ def plot_timeline(summary: dict[str, Any], task: str, video: str, path: Path) ->
     used = sorted(set(np.concatenate([t for _, t in tracks]).tolist()) - {-1})
     names = info["class_names"]
     if len(used) <= 24:
-        fig.legend([Patch(color=colours[c]) for c in used], [str(names[c])[:24] for c in used], loc="lower center",
-                   bbox_to_anchor=(0.5, -0.02 - 0.05 * (len(used) // 6)), ncols=6, fontsize=6, frameon=False)
+        fig.legend([Patch(color=colours[c]) for c in used], [str(names[c])[:24] for c in used], loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncols=6, fontsize=6, frameon=False)
     ax.set_title(f"{summary['benchmark']}/{task}: {video}", fontsize=9)
     return _save(fig, path)
 

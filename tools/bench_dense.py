@@ -1,0 +1,186 @@
+"""Dense probing on synthetic step timelines: do LV-MAE tokens know what a segment alone does not?
+
+One run, CPU, a few minutes: synthetic long videos with the ``script`` task (filler steps
+follow a cycle forwards or backwards and the direction turns once or twice mid-video), the
+demo's extraction (EfficientNet-Lite0, 2 frames per 5-s segment) and its tiny LV-MAE recipe
+(pretrained here on these videos), then dense probes (``probe.dense``) on two tasks:
+
+- ``script``: the direction in force at each segment. It never changes how a segment looks
+  (only the order of neighbouring steps shows it), so a per-segment probe on raw features is
+  near chance and a contextual token can do better;
+- ``step``: the step type of each segment (visible in the segment itself).
+
+Rows: raw per-segment features and frozen LV-MAE tokens, each with the per-token linear head
+and the temporal head, plus the same LV-MAE shape untrained (``random_init``: is it the
+pretraining or the architecture?). Each cell is mean ± std over the probe seeds.
+
+    python tools/bench_dense.py --out runs/bench_dense            # writes runs/bench_dense/bench_dense.json
+    python tools/bench_dense.py --render runs/bench_dense/bench_dense.json   # Markdown tables
+
+Every stage resumes (videos, features, the pretrained export, finished probe fits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench  # noqa: E402
+
+OVERRIDES = [
+    "synth.tasks=[script,count,appearance]",
+    "synth.num_videos=200",
+    "probe.seeds=[0,1,2]",
+    "probe.epochs=60",
+    "probe.lr=3e-3",
+    "probe.batch_size=16",
+    "probe.linear_lrs=[1e-3,1e-2]",
+    "probe.dense_plots=3",
+]
+METRICS = ("acc", "edit", "f1@10", "f1@25", "f1@50")
+METHODS = ["raw_linear", "raw_temporal", "lvmae_linear", "lvmae_temporal"]
+
+
+def configs(out: Path, overrides: list[str]) -> tuple[Any, Any]:
+    """The demo pipeline's config (paths under ``out``) and the dense probe config on top of it."""
+    from lvmae.demo import demo_config, dense_config
+
+    cfg = demo_config(out, overrides=[*OVERRIDES, *overrides])
+    d, r = dense_config(cfg), dataclasses.replace
+    dense = r(d, run=r(d.run, out_dir=str(out / "dense")), probe=r(d.probe, tasks=["step", "script"],
+                                                                    dense_methods=METHODS))
+    return cfg, dense
+
+
+def prepare(cfg: Any) -> dict[str, float]:
+    """Videos, features and the pretrained export (each skipped where already done); seconds per stage."""
+    from lvmae.extraction.api import extract
+    from lvmae.synth import generate
+    from lvmae.train import pretrain
+
+    times, out = {}, Path(cfg.run.out_dir)
+    t = time.perf_counter()
+    generate(cfg.synth, progress=False)
+    times["synth_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    extract([str(Path(cfg.synth.out) / "videos")], cfg.extract.out, cfg.extract, progress=False)
+    times["extract_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if not (out / "pretrain" / "export" / "config.json").is_file():
+        r = dataclasses.replace
+        pretrain(r(cfg, run=r(cfg.run, out_dir=str(out / "pretrain"), progress=False)))
+    times["pretrain_s"] = time.perf_counter() - t
+    return {k: round(v, 1) for k, v in times.items()}
+
+
+def random_init(cfg: Any, dense: Any) -> Any:
+    """The dense config pointed at an untrained LV-MAE of the pretrained one's shape."""
+    import torch
+
+    from lvmae.models.export import save_pretrained
+    from lvmae.models.lvmae import LVMAE
+    from lvmae.store import FeatureStore
+    from lvmae.train.loop import with_data_dims
+
+    out = Path(cfg.run.out_dir)
+    ckpt = out / "random_init"
+    if not (ckpt / "config.json").is_file():
+        store = FeatureStore.open(cfg.extract.out)
+        torch.manual_seed(cfg.run.seed)
+        save_pretrained(LVMAE(with_data_dims(cfg, [store.dim(m) for m in cfg.data.modalities]).model), ckpt)
+    r = dataclasses.replace
+    return r(dense, run=r(dense.run, out_dir=str(out / "dense_random_init")),
+             probe=r(dense.probe, checkpoint=str(ckpt), dense_methods=[m for m in METHODS if m.startswith("lvmae")]))
+
+
+def _cells(summary: dict[str, Any], suffix: str = "") -> dict[str, dict[str, Any]]:
+    return {task: {f"{m}{suffix}": {k: r["metrics"][k] for k in METRICS} for m, r in rows.items()}
+            for task, rows in summary["results"].items()}
+
+
+def gains(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """LV-MAE minus raw (percentage points), per-token linear heads, on each task and metric."""
+    return {f"{task}/{k}": round(rows["lvmae_linear"][k]["mean"] - rows["raw_linear"][k]["mean"], 2)
+            for task, rows in results.items() for k in ("acc", "f1@25")}
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    from lvmae.probe import run_probe
+
+    out = Path(a.out)
+    cfg, dense = configs(out, a.overrides)
+    t0 = time.perf_counter()
+    times = prepare(cfg)
+    t = time.perf_counter()
+    main = run_probe(dense)
+    times["dense_probe_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    control = run_probe(random_init(cfg, dense))
+    times["random_init_probe_s"] = round(time.perf_counter() - t, 1)
+    results = _cells(main)
+    for task, rows in _cells(control, "(random_init)").items():
+        results[task].update(rows)
+    g = gains(results)
+    return {
+        "hardware": _bench.hardware(), "versions": _bench.versions(), "time_utc": _bench.now_utc(),
+        "command": "python tools/bench_dense.py " + " ".join([f"--out {a.out}", *a.overrides]),
+        "config": {"synth": dataclasses.asdict(cfg.synth), "model": dataclasses.asdict(cfg.model),
+                   "train_steps": cfg.train.steps, "probe": dataclasses.asdict(dense.probe)},
+        "tasks": {t: {k: v for k, v in info.items() if k in ("num_classes", "n", "segments", "grid")}
+                  for t, info in main["tasks"].items()},
+        "seconds": {**times, "total_s": round(time.perf_counter() - t0, 1)},
+        "results": results, "gains_lvmae_minus_raw_linear": g,
+        "targets": {"script: LV-MAE >= raw + 10 on F1@25 and accuracy": g["script/f1@25"] >= 10
+                    and g["script/acc"] >= 10,
+                    "step: LV-MAE not worse than raw (accuracy and F1@25, within 1 point)": g["step/acc"] >= -1
+                    and g["step/f1@25"] >= -1},
+        "plots": sorted(str(p) for p in (out / "dense" / "plots").glob("*.png")),
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    """Markdown: one table per task (methods x metrics), the gains and where the numbers come from."""
+    hw = result["hardware"]
+    lines = []
+    for task, rows in result["results"].items():
+        info = result["tasks"][task]
+        lines += [f"**{task}** ({info['num_classes']} classes; test: {info['n']['test']} videos, "
+                  f"{info['segments']['test']} segments)", "",
+                  "| features + head | seg. acc | edit | F1@10 | F1@25 | F1@50 |", "|---|---|---|---|---|---|"]
+        for m, cells in rows.items():
+            lines.append(f"| {m} | " + " | ".join(f"{cells[k]['mean']:.1f} ± {cells[k]['std']:.1f}" for k in METRICS)
+                         + " |")
+        lines.append("")
+    g = result["gains_lvmae_minus_raw_linear"]
+    lines += ["LV-MAE tokens minus raw segment features (per-token linear heads, points): "
+              + ", ".join(f"{k} {v:+.1f}" for k, v in g.items()) + ".", "",
+              f"Mean ± std over probe seeds {result['config']['probe']['seeds']}; one pretraining run "
+              f"({result['config']['train_steps']} steps), {result['config']['synth']['num_videos']} videos. "
+              f"{hw['cpu']}, {hw['cores']} cores, torch {result['versions'].get('torch')}; "
+              f"{result['seconds']['total_s']:.0f} s in all. Regenerate: `{result['command']}`, then "
+              "`python tools/bench_dense.py --render JSON`."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench_dense")
+    ap.add_argument("--render", metavar="JSON", help="print the Markdown tables of a finished run's JSON")
+    ap.add_argument("overrides", nargs="*", help="config overrides (key=value) on top of the demo recipe")
+    a = ap.parse_args()
+    if a.render:
+        print(render(json.loads(Path(a.render).read_text())), end="")
+        return
+    result = run(a)
+    _bench.emit(result, str(Path(a.out) / "bench_dense.json"))
+
+
+if __name__ == "__main__":
+    main()
