@@ -20,7 +20,6 @@ Keys of :data:`DENSE_BENCHMARKS` (``probe.benchmark`` with ``probe.dense: true``
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections import Counter
@@ -31,6 +30,7 @@ from typing import Any
 from lvmae.benchmarks import breakfast, coin
 from lvmae.benchmarks.base import SPLITS, read_lines
 from lvmae.benchmarks.dense import IGNORE, DenseLabels, DenseRecord, DenseTask, Interval
+from lvmae.benchmarks.generic import read_rows
 from lvmae.errors import DataError
 from lvmae.synth.plan import SCRIPT_PHASES
 
@@ -159,24 +159,6 @@ def load_synth(path: str | os.PathLike, tasks: list[str] | None = None) -> Dense
 DENSE_FIELDS = ("video_id", "split", "task", "start", "end", "label")
 
 
-def _dense_rows(path: Path) -> list[tuple[dict[str, Any], str]]:
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((json.loads(line), f"{path}:{i}"))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not JSON: {e}") from None
-        return rows
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(DENSE_FIELDS) - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{path}: header lacks {sorted(missing)} (need {','.join(DENSE_FIELDS)})")
-        return [(row, f"{path}:{i}") for i, row in enumerate(reader, start=2)]
-
-
 def _dense_row(row: dict[str, Any], where: str) -> tuple[str, str, str, Interval]:
     vid, split, task = (str(row.get(k) or "").strip() for k in ("video_id", "split", "task"))
     try:
@@ -196,7 +178,7 @@ def load_generic(path: str | os.PathLike, tasks: list[str] | None = None) -> Den
     if not p.is_file():
         raise DataError(f"label file not found: {p}")
     by_task: dict[str, dict[str, tuple[str, list[Interval]]]] = {}
-    for row, where in _dense_rows(p):
+    for row, where in read_rows(p, DENSE_FIELDS):
         vid, split, task, iv = _dense_row(row, where)
         prev_split, ivs = by_task.setdefault(task, {}).setdefault(vid, (split, []))
         if prev_split != split:

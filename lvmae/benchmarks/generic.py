@@ -65,7 +65,8 @@ def _parse(row: dict[str, Any], where: str) -> tuple[LabelRecord, str | None]:
         raise DataError(f"{where}: {e}") from None
 
 
-def _rows(path: Path) -> list[tuple[dict[str, Any], str]]:
+def read_rows(path: Path, fields: tuple[str, ...] = FIELDS) -> list[tuple[dict[str, Any], str]]:
+    """``(row, "file:line")`` of a JSONL file, or of a CSV whose header must hold ``fields``."""
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         out = []
         for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
@@ -79,9 +80,9 @@ def _rows(path: Path) -> list[tuple[dict[str, Any], str]]:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise DataError(f"{path} is empty; need a header {','.join(FIELDS)} and one row per video and task")
-        missing = set(FIELDS) - set(reader.fieldnames or ())
+        missing = set(fields) - set(reader.fieldnames or ())
         if missing:
-            raise DataError(f"{path}: header lacks {sorted(missing)} (need {','.join(FIELDS)})")
+            raise DataError(f"{path}: header lacks {sorted(missing)} (need {','.join(fields)})")
         return [(row, f"{path}:{i}") for i, row in enumerate(reader, start=2)]
 
 
@@ -113,7 +114,7 @@ def load(path: str | os.PathLike, tasks: list[str] | None = None) -> BenchmarkLa
         raise DataError(f"label file not found: {p}")
     by_task: dict[str, list[LabelRecord]] = {}
     names: dict[str, list[str | None]] = {}
-    for row, where in _rows(p):
+    for row, where in read_rows(p):
         rec, name = _parse(row, where)
         by_task.setdefault(rec.task, []).append(rec)
         names.setdefault(rec.task, []).append(name)
