@@ -20,6 +20,8 @@ examples:
   lvmae probe -c probe/lvu.yaml probe.labels=data/lvu_1.0 probe.store=feats/lvu \\
       probe.checkpoint=runs/paper/export run.out_dir=runs/paper/probe_lvu
   lvmae probe -c probe/generic.yaml probe.labels=synth/labels.csv probe.store=synth/features
+  lvmae probe -c probe/breakfast_seg probe.labels=data/breakfast probe.store=feats/breakfast_1s \\
+      probe.checkpoint=runs/paper/export
 """
 
 
