@@ -183,3 +183,12 @@ def test_window_encoding_equals_encoding_each_window_alone():
 
     torch.testing.assert_close(tokens(enc, 1), tokens(whole, 1), atol=1e-5, rtol=1e-5)  # b fits in one window
     assert not torch.allclose(tokens(enc, 0), tokens(whole, 0), atol=1e-4)
+
+
+def test_local_decay_reaches_the_training_length():
+    s = alibi_slopes(4, span=32)
+    torch.testing.assert_close(s, torch.tensor([32 ** -0.25, 32 ** -0.5, 32 ** -0.75, 1 / 32]))
+    m = _model(decay="local", train_length=32)
+    torch.testing.assert_close(m.enc_slopes, torch.tensor([32 ** -0.5, 1 / 32]))
+    with pytest.raises(LvmaeError, match="train_length"):
+        _model(decay="local")

@@ -52,6 +52,11 @@ VARIANTS: dict[str, dict[str, str] | None] = {
     "hope-wave-alibi": {"model.rope.zero_freq_rule": "wavelength", "model.rope.decay": "alibi"},
     "hope-wave-alibi-half": {"model.rope.zero_freq_rule": "wavelength", "model.rope.decay": "alibi",
                              "model.rope.decay_heads": "0.5"},
+    "hope-local": {"model.rope.decay": "local"},
+    "hope-wave-local": {"model.rope.zero_freq_rule": "wavelength", "model.rope.decay": "local"},
+    "rope-local": {"model.rope.kind": "rope", "model.rope.decay": "local"},
+    "none-local": {"model.rope.kind": "none", "model.rope.decay": "local"},
+    "none-alibi": {"model.rope.kind": "none", "model.rope.decay": "alibi"},
     "hope-wave-alibi-ls": {"model.rope.zero_freq_rule": "wavelength", "model.rope.decay": "alibi",
                            "model.rope.length_scaling": "true"},
 }

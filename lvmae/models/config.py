@@ -25,10 +25,11 @@ class RopeConfig:
     zero_freq_rule: str = "fraction"
     zero_freq_fraction: float = 0.25  # hope, zero_freq_rule=fraction: share of lowest-frequency pairs set to 0
     # Longest training crop in segments; 0 = unknown (pretraining sets it from data.max_len).
-    # Used by zero_freq_rule=wavelength and length_scaling.
+    # Used by zero_freq_rule=wavelength, decay=local and length_scaling.
     train_length: int = 0
-    # Distance-decay bias added to attention logits: none | alibi (-slope_h x |t_i - t_j|,
-    # geometric slopes per head as in ALiBi; the [CLS] token is never penalised).
+    # Distance-decay bias added to attention logits, -slope_h x |t_i - t_j| (the [CLS] token is
+    # never penalised): none | alibi (ALiBi's geometric slopes 2^(-8h/H)) | local (geometric
+    # slopes down to 1 / train_length: no head reaches much further than the training crops).
     decay: str = "none"
     decay_heads: float = 1.0  # share of heads with a decay (the others attend without one)
     # Multiply attention logits by log(n) / log(train_length) when a sequence of n tokens is
@@ -67,7 +68,7 @@ class ModelConfig:
 
 ROPE_KINDS = ("hope", "rope", "sincos", "none")
 ZERO_FREQ_RULES = ("fraction", "wavelength")
-DECAYS = ("none", "alibi")
+DECAYS = ("none", "alibi", "local")
 FUSIONS = ("concat", "tokens")
 LOSSES = ("mse", "cosine")
 ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
@@ -110,7 +111,8 @@ def check_model_config(cfg: ModelConfig) -> ModelConfig:
     need(r.train_length >= 0, f"model.rope.train_length must be >= 0, got {r.train_length}")
     need(not (r.decay != "none" and cfg.pack_sequences), "model.rope.decay needs model.pack_sequences=false (a bias per token pair)")
     need(not (r.length_scaling and cfg.pack_sequences), "model.rope.length_scaling needs model.pack_sequences=false")
-    need(not (r.length_scaling or r.zero_freq_rule == "wavelength") or r.train_length >= 2 or r.train_length == 0,
+    need(not (r.length_scaling or r.zero_freq_rule == "wavelength" or r.decay == "local")
+         or r.train_length >= 2 or r.train_length == 0,
          "model.rope.train_length must be >= 2 (or 0 = set by pretraining)")
     need(0.0 <= r.modality_axis_fraction < 1.0, "model.rope.modality_axis_fraction must be in [0, 1)")
     need(len(r.train_scales) > 0 and min(r.train_scales) > 0, "model.rope.train_scales must be non-empty and > 0")

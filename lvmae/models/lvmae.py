@@ -131,7 +131,11 @@ class LVMAE(nn.Module):
 
     def _slopes(self, heads: int) -> Tensor:
         r = self.cfg.rope
-        return alibi_slopes(heads, r.decay_heads) if r.decay == "alibi" else torch.zeros(0)
+        if r.decay == "none":
+            return torch.zeros(0)
+        if r.decay == "local" and r.train_length < 2:
+            raise LvmaeError("model.rope.decay=local needs model.rope.train_length (longest training crop)")
+        return alibi_slopes(heads, r.decay_heads, r.train_length if r.decay == "local" else None)
 
     def _apply(self, fn, recurse=True):
         """Keep the position buffers float32 under ``.to(bf16)`` / ``.half()`` (a bf16 angle

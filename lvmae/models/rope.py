@@ -114,12 +114,14 @@ def time_positions(index: Tensor, scale: Tensor) -> Tensor:
     return index.float() * scale.float().unsqueeze(-1)
 
 
-def alibi_slopes(heads: int, share: float = 1.0) -> Tensor:
-    """ALiBi's geometric slopes ``2^(-8 (h + 1) / m)`` for the first ``m = round(share * heads)``
-    heads (at least one) and 0 for the rest: ``[heads]`` float32."""
+def alibi_slopes(heads: int, share: float = 1.0, span: float | None = None) -> Tensor:
+    """Geometric slopes for the first ``m = round(share * heads)`` heads (at least one), 0 for
+    the rest: ``[heads]`` float32. ALiBi's ``2^(-8 (h + 1) / m)``, or with ``span`` the slopes
+    ``span^(-(h + 1) / m)``, whose shallowest is ``1 / span`` (a decay length of ``span``)."""
     m = min(heads, max(1, round(share * heads)))
     slopes = torch.zeros(heads)
-    slopes[:m] = 2.0 ** (-8.0 * torch.arange(1, m + 1, dtype=torch.float64) / m)
+    base = 2.0**8 if span is None else float(span)
+    slopes[:m] = base ** (-torch.arange(1, m + 1, dtype=torch.float64) / m)
     return slopes
 
 

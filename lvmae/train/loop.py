@@ -56,7 +56,8 @@ def with_data_dims(cfg: Config, dims: list[int]) -> Config:
     """``model.in_dim`` / ``model.modality_dims`` from the store (the data decides the input size),
     and ``model.rope.train_length`` from ``data.max_len`` where the positions depend on it and it is unset."""
     rope = cfg.model.rope
-    uses_length = rope.length_scaling or (rope.kind == "hope" and rope.zero_freq_rule == "wavelength")
+    uses_length = (rope.length_scaling or rope.decay == "local"
+                   or (rope.kind == "hope" and rope.zero_freq_rule == "wavelength"))
     if rope.train_length == 0 and uses_length:
         rope = dataclasses.replace(rope, train_length=cfg.data.max_len)
     model = dataclasses.replace(cfg.model, in_dim=int(sum(dims)), modality_dims=list(dims) if len(dims) > 1 else [],
@@ -232,12 +233,12 @@ class _Step:
     lr: float
     samples: int
     video_ids: list[str]
-    values: torch.Tensor  # [5] float32, in VALUES order
+    values: torch.Tensor  # [7] float32, in VALUES order
     check_norm: bool  # False where an inf norm is expected (fp16 loss scaling skips that step) or unknown
     data_s: float  # wall time spent waiting for the stream's batches
 
 
-VALUES = ("loss", "grad_norm", "segments", "top1", "top5")
+VALUES = ("loss", "grad_norm", "segments", "top1", "top5", "text_top1", "text_top5")
 
 
 def _scalar(v: torch.Tensor | float | None, device: torch.device) -> torch.Tensor:
@@ -301,13 +302,31 @@ def _train_step(run: _Run, retrieval: bool = True) -> _Step:
         ids += batch["video_ids"]
     if retrieval:  # the last micro-batch; B*L x B*L scores, so only on log steps
         hits = retrieval_hits(out["pred"], out["target"], out["mask"], b["valid"])
+        text = _text_hits(run, out, b) if "monitor" in b else torch.full((2,), float("nan"), device=device)
+        hits = torch.cat([hits, text])
     else:
-        hits = torch.full((2,), float("nan"), device=device)
+        hits = torch.full((4,), float("nan"), device=device)
     norm = run.engine.step()
     run.step += 1
     values = torch.cat([torch.stack([loss / run.engine.grad_accum, _scalar(norm, device), segments.float()]), hits])
     check_norm = norm is not None and run.engine.precision != "fp16"
     return _Step(run.step, lr, len(ids), ids, values, check_norm, data_s)
+
+
+def _text_hits(run: _Run, out: dict[str, Any], b: dict[str, Any]) -> torch.Tensor:
+    """Video-text R@1/R@5 (``data.text_monitor``): each masked segment's reconstructed vision part
+    ranked against the batch's segment texts (same encoder space), by cosine; segments without
+    text take no part, and a text near-identical to the segment's own (cosine >= 0.9: the same
+    caption again) never counts against it. Texts get the target's per-segment standardisation
+    when ``model.norm_target`` is on, so they sit in the space the decoder predicts."""
+    dims = list(run.cfg.model.modality_dims) or [run.cfg.model.in_dim]
+    i = run.cfg.data.modalities.index("vision")
+    lo = sum(dims[:i])
+    pred, text = out["pred"][..., lo: lo + dims[i]], b["monitor"].float()
+    has_text = text.abs().sum(-1) > 0
+    if run.cfg.model.norm_target:
+        text = (text - text.mean(-1, keepdim=True)) / (text.var(-1, keepdim=True) + 1e-6).sqrt()
+    return retrieval_hits(pred, text, out["mask"] & has_text, b["valid"] & has_text)
 
 
 def _fetch(run: _Run, window: list[_Step]) -> list[list[float]]:
@@ -317,7 +336,7 @@ def _fetch(run: _Run, window: list[_Step]) -> list[list[float]]:
     loss (or gradient norm, outside fp16 loss scaling) is NaN/inf. The weights may be
     NaN by then, so it is checked before every checkpoint and nothing after it is saved.
     """
-    table = torch.stack([s.values for s in window])  # [n, 5]
+    table = torch.stack([s.values for s in window])  # [n, len(VALUES)]
     n, device = len(window), table.device
     checked = torch.tensor([[True, s.check_norm] for s in window], device=device)
     bad = (~torch.isfinite(table[:, :2]) & checked).any(1)
@@ -361,6 +380,9 @@ def _log_scalars(run: _Run, window: list[_Step], rows: list[list[float]], second
         "perf/data_wait_frac": sum(s.data_s for s in window) / seconds,
         "train/epoch": float(run.stream.epoch),
     }
+    if run.cfg.data.text_monitor:
+        scalars["train/text_retrieval_top1"] = float(np.nanmean(v["text_top1"]))
+        scalars["train/text_retrieval_top5"] = float(np.nanmean(v["text_top5"]))
     if run.engine.device.type == "cuda":
         scalars["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.engine.device) / 2**30
     return scalars
