@@ -15,6 +15,9 @@ test at the best-validation epoch. Writes results.md / results.csv (task x metho
 mean ± std), results.json (every number and the config) and plots/ into run.out_dir,
 and prints the table. Labelled videos without features are reported and skipped.
 Without probe.checkpoint only the raw baselines run. Rerunning skips finished fits.
+With probe.dense=true every stored segment gets a label instead (Breakfast action
+segmentation, COIN steps, synthetic step timelines, generic interval files) and the
+tables hold segment accuracy, edit and F1@{10,25,50} (docs/dense-probing.md).
 
 examples:
   lvmae probe -c probe/lvu.yaml probe.labels=data/lvu_1.0 probe.store=feats/lvu \\
