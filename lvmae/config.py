@@ -142,6 +142,10 @@ class DataConfig:
     # ... or, when val_stores is empty, this share of data.stores' videos, chosen by a hash of
     # the video id and left out of training; 0 = no validation.
     val_fraction: float = 0.0
+    # Video-text retrieval monitor: also read the stores' text modality (segment text embedded by
+    # the vision encoder's own text tower, extract.encoder.text=hf_clip_text) and log R@1/R@5 of the
+    # reconstructed masked segments against the batch's texts (train/text_retrieval_top1/5).
+    text_monitor: bool = False
 
 
 @dataclass
@@ -367,6 +371,8 @@ def _validate_pretrain(cfg: Config) -> None:
     _check(cfg.optim.lr is None or cfg.optim.lr > 0, f"optim.lr must be > 0 or null, got {cfg.optim.lr}")
     _check(not t.compile or ds.engine == "torch", "train.compile needs deepspeed.engine=torch (untested under DeepSpeed)")
     _check(not ds.config_file or ds.engine == "deepspeed", "deepspeed.config_file needs deepspeed.engine=deepspeed")
+    _check(not d.text_monitor or ("vision" in d.modalities and "text" not in d.modalities),
+           "data.text_monitor needs vision in data.modalities and text not in them (text is what it retrieves)")
     _check(set(cfg.run.loggers) <= {"tensorboard", "wandb"},
            f"run.loggers must name tensorboard and/or wandb, got {cfg.run.loggers}")
     _check(not (t.resume and t.restart), "train.resume and train.restart exclude each other: continue or start over")

@@ -34,7 +34,7 @@ class MaskCollate:
     Returns ``{"x": [B, L, D] float32, "valid": [B, L] bool, "masks": MaskBatch,
     "scale": [B] float32 (γ drawn from ``train_scales``, or None if empty), "num_masked": int (loss
     positions, counted on the host so the loop can weight micro-batches without a device sync),
-    "video_ids": list[str]}``.
+    "video_ids": list[str]}``, and ``"monitor": [B, L, D_m]`` when the items carry a monitored modality.
     """
 
     def __init__(self, masking: MaskingConfig, train_scales: Sequence[float] = ()):
@@ -50,5 +50,8 @@ class MaskCollate:
         scale = None
         if len(self.train_scales):
             scale = self.train_scales[torch.randint(len(self.train_scales), (len(items),), generator=g)]
-        return {"x": x, "valid": valid, "masks": masks, "scale": scale, "num_masked": int(masks.mask.sum()),
-                "video_ids": [it["video_id"] for it in items]}
+        out = {"x": x, "valid": valid, "masks": masks, "scale": scale, "num_masked": int(masks.mask.sum()),
+               "video_ids": [it["video_id"] for it in items]}
+        if "monitor" in items[0]:
+            out["monitor"] = pad_batch([it["monitor"] for it in items])[0]
+        return out

