@@ -124,8 +124,8 @@ def probe_one(data: dict[str, str], run: dict[str, Any], out: Path, args: argpar
             f"probe.methods=[{'raw_mean_sklearn,' if not window else ''}lvmae_linear,lvmae_attentive]",
         ])
         summary = run_probe(cfg)
-        for task, rows in summary["tasks"].items():
-            for method, r in rows["methods"].items():
+        for task, rows in summary["results"].items():
+            for method, r in rows.items():
                 name = method if not window or method.startswith("raw") else f"{method}_windowed"
                 res.setdefault(task, {})[name] = r["mean"]
     return res
