@@ -102,3 +102,35 @@ def test_hf_clip_text_embeds_text_in_the_image_space(tmp_path):
     tf.CLIPVisionModel(tf.CLIPVisionConfig(**small, image_size=32, patch_size=16)).save_pretrained(vision_only)
     with pytest.raises(ConfigError, match="has no text tower"):
         build_encoder("hf_clip_text", "text", EncoderConfig(checkpoint=str(vision_only)))
+
+
+def test_synth_writes_caption_sidecars_that_extraction_reads_per_segment(tmp_path):
+    from test_synth import tiny
+    from torch import nn
+
+    from lvmae.config import ExtractConfig, SegmentConfig
+    from lvmae.encoders import register_torch_module
+    from lvmae.extraction.api import Extractor
+    from lvmae.synth import generate
+    from lvmae.synth.dataset import video_path
+    from lvmae.synth.plan import plan_dataset, type_names
+
+    cfg = tiny(tmp_path / "synth", num_videos=2, tasks=["order", "appearance"])
+    generate(cfg, progress=False)
+    seen: list[str] = []
+
+    def spy(texts):
+        seen.extend(texts)
+        return torch.zeros(len(texts), 4)
+
+    register_torch_module("caption_spy", nn.Identity(), modality="text", preprocess=spy, dim=4)
+    ex = Extractor(ExtractConfig(segment=SegmentConfig(seconds=cfg.segment_seconds, frames=1),
+                                 encoder=EncoderConfig(vision=None, audio=None, text="caption_spy")))
+    names = type_names(cfg)
+    for plan in plan_dataset(cfg):
+        path = video_path(cfg.out, plan.video_id)
+        assert path.with_suffix(".srt").is_file()
+        seen.clear()
+        arrays, _ = ex.embed(path)
+        assert seen == [f"step {names[t]}" for t in plan.segment_types()]  # one caption per segment, its step's
+        assert arrays["text"].shape == (plan.num_segments, 4)

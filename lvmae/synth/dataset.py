@@ -56,6 +56,9 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     _render_all(todo, cfg, out, progress)
     seconds = time.perf_counter() - t0
+    names = type_names(cfg)
+    for p in plans:  # cheap, so written for every video (also ones rendered by an older version)
+        atomic_write_text(video_path(out, p.video_id).with_suffix(".srt"), captions_srt(p, names, cfg.segment_seconds))
     minutes = sum(p.num_segments for p in todo) * cfg.segment_seconds / 60
     atomic_write_text(out / "labels.csv", labels_csv(plans, list(cfg.tasks)))
     atomic_write_json(out / "manifest.json", manifest(cfg, plans, digest))
@@ -102,6 +105,21 @@ def _render_all(todo: list[VideoPlan], cfg: SynthConfig, out: Path, progress: bo
         finally:  # on Ctrl-C or a failed video, drop the queued videos instead of rendering them all first
             pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
+
+
+def captions_srt(plan: VideoPlan, names: list[str], segment_seconds: float) -> str:
+    """A caption sidecar (SubRip) with one cue per step, ``step <type name>``, over its segments.
+
+    Extraction reads it as the video's subtitles (``extract.encoder.text``), so generated data
+    carries segment text, e.g. for the video-text retrieval monitor (``data.text_monitor``)."""
+
+    def stamp(t: float) -> str:
+        ms = int(round(t * 1000))
+        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    cues = [f"{i}\n{stamp(s.start * segment_seconds)} --> {stamp((s.start + s.segments) * segment_seconds)}\n"
+            f"step {names[s.type]}\n" for i, s in enumerate(plan.steps, 1)]
+    return "\n".join(cues)
 
 
 def labels_csv(plans: list[VideoPlan], tasks: list[str]) -> str:
