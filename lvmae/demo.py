@@ -213,9 +213,21 @@ def write_report(cfg: Config, stages: dict[str, dict[str, Any]], seconds: float)
     ]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     report = {"seconds_this_run": seconds, "stages": stages, "table": table,
-              "plots": sorted(str(p) for p in plots.glob("*.png"))}
+              "plots": sorted(str(p) for p in plots.glob("*.png")), **_machine()}
     atomic_write_json(out / "demo.json", report)
     return report
+
+
+def _machine() -> dict[str, Any]:
+    """Where the table was made: the docs render it with the figures (tools/render_docs.py)."""
+    import platform
+
+    import torch
+
+    return {"command": "lvmae demo",
+            "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                         "torch_threads": torch.get_num_threads()},
+            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
 
 
 def _dense_tables(results_md: Path) -> list[str]:
