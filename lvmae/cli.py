@@ -27,11 +27,12 @@ EPILOG = """\
 examples:
   lvmae demo                                   # synthetic end-to-end run on CPU
   lvmae extract videos/*.mp4 --out feats       # segment embeddings into a feature store
-  lvmae pretrain -c configs/tiny.yaml data.stores=[feats] run.out_dir=runs/tiny
-  lvmae probe -c probe/lvu.yaml probe.store=feats probe.checkpoint=runs/tiny/export
-  lvmae config -c configs/paper.yaml model.depth=16   # print the resolved config
+  lvmae pretrain -c tiny data.stores=[feats] run.out_dir=runs/tiny
+  lvmae probe -c probe/generic probe.labels=labels.csv probe.store=feats probe.checkpoint=runs/tiny/export
+  lvmae config -c paper model.depth=16           # print the resolved config
 
-Every command takes -c/--config YAML files (merged in order) and key=value overrides.
+Every command takes -c/--config YAML files or shipped recipes (tiny, paper, demo, probe/lvu,
+probe/coin, probe/breakfast, probe/generic), merged in order, and key=value overrides.
 Errors are one line (exit 2; 1 for an internal error); --traceback or LVMAE_TRACEBACK=1 shows the
 traceback. extract exits 3 when some videos failed, 4 when all did; 130 after Ctrl-C.
 """

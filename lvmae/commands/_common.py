@@ -12,7 +12,7 @@ def add_config_args(p: argparse.ArgumentParser, positional: bool = True) -> None
     """``-c FILE`` (repeatable) and trailing ``key=value`` overrides."""
     p.add_argument(
         "-c", "--config", action="append", default=[], metavar="FILE",
-        help="YAML config file; repeat to merge several in order",
+        help="YAML config file or shipped recipe (tiny, paper, demo, probe/lvu, ...); repeat to merge in order",
     )
     if positional:
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.depth=8")

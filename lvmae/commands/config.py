@@ -21,7 +21,7 @@ Unknown keys and wrongly typed values are reported by name. With --doc every
 key carries its meaning as a YAML comment (the output is still a valid -c file).
 
 examples:
-  lvmae config -c configs/paper.yaml model.depth=16 masking.ratio=0.4
+  lvmae config -c paper model.depth=16 masking.ratio=0.4
   lvmae config --doc > my_run.yaml        # a commented template to edit
 """
 

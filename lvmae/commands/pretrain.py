@@ -18,9 +18,9 @@ a run dir that holds checkpoints is never started over without --restart. Launch
 the scripts in pretrain/ (deepspeed launcher or torchrun).
 
 examples:
-  lvmae pretrain -c configs/tiny.yaml data.stores=[feats] run.out_dir=runs/tiny
-  lvmae pretrain -c configs/tiny.yaml data.stores=[feats] run.out_dir=runs/tiny --resume
-  lvmae pretrain -c pretrain/paper.yaml data.stores=[feats/a,feats/b] data.weights=[1,3] \\
+  lvmae pretrain -c tiny data.stores=[feats] run.out_dir=runs/tiny
+  lvmae pretrain -c tiny data.stores=[feats] run.out_dir=runs/tiny --resume
+  lvmae pretrain -c paper data.stores=[feats/a,feats/b] data.weights=[1,3] \\
       run.out_dir=runs/paper
 """
 

@@ -20,9 +20,10 @@ segmentation, COIN steps, synthetic step timelines, generic interval files) and 
 tables hold segment accuracy, edit and F1@{10,25,50} (docs/dense-probing.md).
 
 examples:
-  lvmae probe -c probe/lvu.yaml probe.labels=data/lvu_1.0 probe.store=feats/lvu \\
+  lvmae probe -c probe/lvu probe.labels=data/lvu_1.0 probe.store=feats/lvu \\
       probe.checkpoint=runs/paper/export run.out_dir=runs/paper/probe_lvu
-  lvmae probe -c probe/generic.yaml probe.labels=synth/labels.csv probe.store=synth/features
+  lvmae synth --out synth && lvmae extract synth/videos --out synth_feats
+  lvmae probe -c probe/generic probe.labels=synth/labels.csv probe.store=synth_feats
   lvmae probe -c probe/breakfast_seg probe.labels=data/breakfast probe.store=feats/breakfast_1s \\
       probe.checkpoint=runs/paper/export
 """

@@ -24,7 +24,7 @@ OUT/val and OUT/probe (with labels.csv); overrides then name its fields
 
 examples:
   lvmae synth --out data/synth num_videos=40 fps=2
-  lvmae synth -c configs/tiny.yaml --out /tmp/s synth.tasks=[order,appearance]
+  lvmae synth --out /tmp/s synth.tasks=[order,appearance] synth.audio=false
   lvmae synth --features --out data/long num_videos=200 probe_length=2048
 """
 
