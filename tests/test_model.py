@@ -186,7 +186,7 @@ def test_packing_and_checkpointing_match_plain():
     masks = _masks(x, valid)
     runs = []
     for kw in ({}, {"pack_sequences": True}, {"checkpoint_activations": True}, {"attention": "math"}):
-        model = _model(_cfg(**kw)).train()
+        model = _model(_cfg(**kw, rope={"decay": "none"})).train()  # a packed row takes no decay bias
         out = model(x, valid, masks, 1.0)
         out["loss"].backward()
         runs.append((out["loss"].detach(), model.encoder.blocks[0].attn.qkv.weight.grad))
@@ -206,7 +206,8 @@ def test_full_batch_attends_without_a_mask(monkeypatch):
         return sdpa(q, k, v, attn_mask=attn_mask, **kw)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    model = _model(VARIANTS["tokens"])
+    # a distance-decay bias is itself a mask; without one, nothing may reach SDPA
+    model = _model(_cfg(modality_dims=[16, 8], modality_fusion="tokens", rope={"decay": "none"}))
     x, valid = _data(lengths=[9, 9, 9])
     masks = _masks(x, valid)
     assert masks.full and masks.to("cpu").full

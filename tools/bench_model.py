@@ -171,8 +171,11 @@ def build_model(cfg: Any, v: Variant, init_state: dict) -> Any:
     from lvmae.models.lvmae import LVMAE
     from lvmae.models.reference import ReferenceLVMAE
 
+    # the public code's attention pattern (no distance-decay bias: a packed row has no [B, H, N, N]
+    # bias, and the reference has none), so every variant computes the same function
+    rope = dataclasses.replace(cfg.model.rope, decay="none")
     mcfg = dataclasses.replace(cfg.model, attention=v.attention, pack_sequences=v.packed,
-                               checkpoint_activations=v.ckpt)
+                               checkpoint_activations=v.ckpt, rope=rope)
     model = (ReferenceLVMAE if v.reference else LVMAE)(mcfg)
     model.load_state_dict(init_state)
     return model.train()

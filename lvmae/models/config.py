@@ -29,8 +29,9 @@ class RopeConfig:
     train_length: int = 0
     # Distance-decay bias added to attention logits, -slope_h x |t_i - t_j| (the [CLS] token is
     # never penalised): none | alibi (ALiBi's geometric slopes 2^(-8h/H)) | local (geometric
-    # slopes down to 1 / train_length: no head reaches much further than the training crops).
-    decay: str = "none"
+    # slopes down to 1 / train_length: no head reaches much further than the training crops;
+    # ALiBi's slopes while train_length is 0).
+    decay: str = "local"
     decay_heads: float = 1.0  # share of heads with a decay (the others attend without one)
     # Multiply attention logits by log(n) / log(train_length) when a sequence of n tokens is
     # longer than training (attention-entropy scaling); needs train_length.
@@ -109,7 +110,7 @@ def check_model_config(cfg: ModelConfig) -> ModelConfig:
     need(r.decay in DECAYS, f"model.rope.decay must be one of {DECAYS}, got {r.decay!r}")
     need(0.0 < r.decay_heads <= 1.0, f"model.rope.decay_heads must be in (0, 1], got {r.decay_heads}")
     need(r.train_length >= 0, f"model.rope.train_length must be >= 0, got {r.train_length}")
-    need(not (r.decay != "none" and cfg.pack_sequences), "model.rope.decay needs model.pack_sequences=false (a bias per token pair)")
+    need(not (r.decay != "none" and cfg.pack_sequences), "model.pack_sequences=true takes no distance-decay bias: set model.rope.decay=none (or pack_sequences=false)")
     need(not (r.length_scaling and cfg.pack_sequences), "model.rope.length_scaling needs model.pack_sequences=false")
     need(not (r.length_scaling or r.zero_freq_rule == "wavelength" or r.decay == "local")
          or r.train_length >= 2 or r.train_length == 0,

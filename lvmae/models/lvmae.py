@@ -133,9 +133,9 @@ class LVMAE(nn.Module):
         r = self.cfg.rope
         if r.decay == "none":
             return torch.zeros(0)
-        if r.decay == "local" and r.train_length < 2:
-            raise LvmaeError("model.rope.decay=local needs model.rope.train_length (longest training crop)")
-        return alibi_slopes(heads, r.decay_heads, r.train_length if r.decay == "local" else None)
+        # local without a known training length (a model built outside pretraining): ALiBi's slopes
+        span = r.train_length if r.decay == "local" and r.train_length >= 2 else None
+        return alibi_slopes(heads, r.decay_heads, span)
 
     def _apply(self, fn, recurse=True):
         """Keep the position buffers float32 under ``.to(bf16)`` / ``.half()`` (a bf16 angle

@@ -36,9 +36,10 @@ if TYPE_CHECKING:
     from lvmae.masking import MaskBatch
 
 
-def _run_naive(stack: Transformer, x: Tensor, valid: Tensor, rope: Rope | None) -> Tensor:
+def _run_naive(stack: Transformer, x: Tensor, valid: Tensor, rope: Rope | None,
+               extras: tuple[Tensor | None, float | None] = (None, None)) -> Tensor:
     """A block stack with explicit attention and a key-padding mask, never packed."""
-    layout = AttnLayout(key_valid=valid)
+    layout = AttnLayout(key_valid=valid, bias=extras[0], scale=extras[1])
     for blk in stack.blocks:
         x = blk(x, rope, layout, backend="math")
     return stack.norm(x)
@@ -57,10 +58,12 @@ class ReferenceLVMAE(LVMAE):
         scale = self.resolve_scale(scale, b, x.device, self.training)
         seg_pos = time_positions(torch.arange(n, device=x.device).expand(b, n), scale)
         visible = valid & ~masks.mask
-        latent = _run_naive(self.encoder, *self.encoder_inputs(x, seg_pos, visible))
+        latent = _run_naive(self.encoder, *self.encoder_inputs(x, seg_pos, visible),
+                            self.attn_extras(seg_pos, self.enc_slopes, n))
         y = self.decoder_embed(latent)
         tokens = self._restore_per_sequence(y, masks, lengths)
-        out = _run_naive(self.decoder, *self.decoder_inputs(y[:, :1], tokens, valid, scale))
+        out = _run_naive(self.decoder, *self.decoder_inputs(y[:, :1], tokens, valid, scale),
+                         self.attn_extras(seg_pos, self.dec_slopes, n))
         pred = self.head(out[:, 1:])
         target = self.targets(x)
         return {"loss": self.loss(pred, target, masks.mask), "pred": pred, "target": target, "mask": masks.mask}
