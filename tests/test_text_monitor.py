@@ -12,7 +12,8 @@ from lvmae.data import build_stream
 from lvmae.errors import ConfigError, DataError
 from lvmae.store import FeatureStore
 from lvmae.train import pretrain
-from lvmae.train.metrics import read_metrics, retrieval_hits
+from lvmae.train.metrics import read_metrics
+from lvmae.train.text_monitor import text_retrieval_hits
 
 torch.set_num_threads(1)
 TYPES, DIM = 8, 16
@@ -54,9 +55,8 @@ def test_monitor_retrieves_the_captions_well_above_chance(tmp_path):
     g, chance = torch.Generator().manual_seed(0), []
     for _ in range(20):
         b = next(stream)
-        has = b["monitor"].abs().sum(-1) > 0
         noise = torch.randn(b["monitor"].shape, generator=g)
-        chance.append(retrieval_hits(noise, b["monitor"], b["masks"].mask & has, b["valid"] & has)[0].item())
+        chance.append(text_retrieval_hits(noise, b["monitor"], b["masks"].mask, b["valid"])[0].item())
     chance = float(np.mean(chance))
     late = float(np.mean([r["train/text_retrieval_top1"] for r in recs[-3:]]))  # one micro-batch per log step
     first = recs[0]["train/text_retrieval_top1"]
@@ -134,3 +134,18 @@ def test_synth_writes_caption_sidecars_that_extraction_reads_per_segment(tmp_pat
         arrays, _ = ex.embed(path)
         assert seen == [f"step {names[t]}" for t in plan.segment_types()]  # one caption per segment, its step's
         assert arrays["text"].shape == (plan.num_segments, 4)
+
+
+def test_text_retrieval_counts_each_distinct_caption_once():
+    from lvmae.train.text_monitor import text_retrieval_hits
+
+    e = torch.eye(4)
+    # captions A A B C | B B C -, where "-" has no text (not a query, not a candidate)
+    text = torch.stack([torch.stack([e[0], e[0], e[1], e[2]]), torch.stack([e[1], e[1], e[2], torch.zeros(4)])])
+    valid = mask = torch.ones(2, 4, dtype=torch.bool)
+    torch.testing.assert_close(text_retrieval_hits(text, text, mask, valid), torch.tensor([1.0, 1.0]))
+    # predicting the next caption (A->B, B->C, C->an absent D): one other caption above A and B,
+    # however many segments repeat it; C ties with everything and ties do not count against it.
+    wrong = torch.roll(text, 1, dims=-1)
+    torch.testing.assert_close(text_retrieval_hits(wrong, text, mask, valid, ks=(1, 2)), torch.tensor([2 / 7, 1.0]))
+    assert text_retrieval_hits(text, text, torch.zeros_like(mask), valid).tolist() == [0.0, 0.0]

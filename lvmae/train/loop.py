@@ -36,6 +36,7 @@ from lvmae.train.engine import DistInfo, Engine, build_engine, setup_distributed
 from lvmae.train.export import write_export
 from lvmae.train.metrics import MetricsLogger, plot_curves, read_metrics, retrieval_hits
 from lvmae.train.schedule import lr_at, resolve_peak_lr
+from lvmae.train.text_monitor import text_retrieval_hits
 from lvmae.train.validate import Validator, build_validator
 
 log = logging.getLogger("lvmae.train")
@@ -314,19 +315,17 @@ def _train_step(run: _Run, retrieval: bool = True) -> _Step:
 
 
 def _text_hits(run: _Run, out: dict[str, Any], b: dict[str, Any]) -> torch.Tensor:
-    """Video-text R@1/R@5 (``data.text_monitor``): each masked segment's reconstructed vision part
-    ranked against the batch's segment texts (same encoder space), by cosine; segments without
-    text take no part, and a text near-identical to the segment's own (cosine >= 0.9: the same
-    caption again) never counts against it. Texts get the target's per-segment standardisation
-    when ``model.norm_target`` is on, so they sit in the space the decoder predicts."""
+    """Video-text R@1/R@5 (``data.text_monitor``, :mod:`lvmae.train.text_monitor`): each masked
+    segment's reconstructed vision part ranked against the batch's distinct segment texts. Texts
+    get the target's per-segment standardisation when ``model.norm_target`` is on, so they sit in
+    the space the decoder predicts."""
     dims = list(run.cfg.model.modality_dims) or [run.cfg.model.in_dim]
     i = run.cfg.data.modalities.index("vision")
     lo = sum(dims[:i])
     pred, text = out["pred"][..., lo: lo + dims[i]], b["monitor"].float()
-    has_text = text.abs().sum(-1) > 0
     if run.cfg.model.norm_target:
         text = (text - text.mean(-1, keepdim=True)) / (text.var(-1, keepdim=True) + 1e-6).sqrt()
-    return retrieval_hits(pred, text, out["mask"] & has_text, b["valid"] & has_text)
+    return text_retrieval_hits(pred, text, out["mask"], b["valid"])
 
 
 def _fetch(run: _Run, window: list[_Step]) -> list[list[float]]:
