@@ -156,3 +156,25 @@ def test_unreadable_saved_config_is_refused_and_nothing_deleted(tmp_path):
     with pytest.raises(ConfigError, match="renamed_key.*another --out"):
         run_demo(demo_config(out, overrides=SMALL), log=lambda s: None)
     assert (out / "synth" / "keep.txt").exists() and "renamed_key" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_demo_results_do_not_depend_on_the_thread_count(tmp_path):
+    """Two scaled-down demos, one started with 1 OpenMP thread and one with 2, pretrain to the
+    same bytes and print the same table (a matmul's sum order follows the thread count)."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}"
+        r = subprocess.run([sys.executable, "-m", "lvmae.cli", "demo", "--out", str(out), *SMALL],
+                           env={**os.environ, "OMP_NUM_THREADS": threads}, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(out)
+    weights = [(o / "pretrain" / "export" / "encoder.safetensors").read_bytes() for o in outs]
+    assert weights[0] == weights[1]
+    results = [json.loads((o / "probe" / "results.json").read_text())["results"] for o in outs]
+    assert results[0] == results[1]
