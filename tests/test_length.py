@@ -223,3 +223,23 @@ def test_checkpointed_blocks_keep_the_decay():
     b["loss"].backward()
     torch.testing.assert_close(a["loss"], b["loss"])
     torch.testing.assert_close(plain.encoder.blocks[0].attn.qkv.weight.grad, ckpt.encoder.blocks[0].attn.qkv.weight.grad)
+
+
+def test_visible_loss_weight_adds_the_visible_segments_mean():
+    x = torch.randn(2, 10, 16)
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    valid[1, 8:] = False
+    masks = build_masks(x, valid, MaskingConfig(ratio=0.5), torch.Generator().manual_seed(0))
+    m = _model()
+    w = LVMAE(m.cfg.__class__(**{**m.cfg.__dict__, "visible_loss_weight": 0.5}))
+    w.load_state_dict(m.state_dict())
+    out = m(x, valid, masks, 1.0)
+    seg = m.segment_loss(out["pred"], out["target"])
+    vis = valid & ~masks.mask
+    want = (seg * masks.mask).sum() / masks.mask.sum() + 0.5 * (seg * vis).sum() / vis.sum()
+    torch.testing.assert_close(w(x, valid, masks, 1.0)["loss"], want)
+    from lvmae.models.reference import ReferenceLVMAE
+
+    ref = ReferenceLVMAE(w.cfg)
+    ref.load_state_dict(w.state_dict())
+    torch.testing.assert_close(ref(x, valid, masks, 1.0)["loss"], want, atol=1e-5, rtol=1e-5)

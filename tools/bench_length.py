@@ -153,6 +153,19 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             "runs": runs}
 
 
+def command_of(result: dict[str, Any]) -> str:
+    """The command line that reproduces a sweep (from its recorded settings)."""
+    st = result["settings"]
+    parts = ["python tools/bench_length.py --out OUT.json"]
+    for key in ("train_lengths", "variants", "seeds", "probe"):
+        if st.get(key):
+            parts.append(f"--{key.replace('_', '-')} " + " ".join(map(str, st[key])))
+    for key in ("steps", "micro_batch", "videos", "val_videos", "eval_windows", "probe_videos", "probe_epochs"):
+        if key in st:
+            parts.append(f"--{key.replace('_', '-')} {st[key]}")
+    return " ".join(parts)
+
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
@@ -286,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render(json.loads(path.read_text()), path.with_suffix(".png")))
         return 0
     if args.quick:
-        args.steps, args.videos, args.seeds, args.probe_videos, args.probe_epochs = 40, 40, [0], 40, 5
+        args.steps, args.videos, args.seeds, args.probe_videos, args.probe_epochs = 20, 20, [0], 24, 3
+        args.val_videos, args.eval_windows = 2, 1
     result = eval_checkpoint(args) if args.eval_store else sweep(args)
     emit(result, args.out)
     return 0

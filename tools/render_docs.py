@@ -81,9 +81,15 @@ def render_demo_seeds(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def render_bench_length(doc: dict) -> str:
+    from bench_length import command_of, render
+
+    return f"`{command_of(doc)}` on {_machine(doc)}.\n\n{render(doc)}"
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "demo": render_demo, "bench_model": render_bench_model, "bench_memory": render_bench_memory,
-    "synth_bench": render_synth_bench, "demo_seeds": render_demo_seeds,
+    "synth_bench": render_synth_bench, "demo_seeds": render_demo_seeds, "bench_length": render_bench_length,
 }
 
 

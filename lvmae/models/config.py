@@ -61,6 +61,10 @@ class ModelConfig:
     dropout: float = 0.0  # in every block (attention weights, attention and MLP outputs); 0 = off
     loss: str = "mse"  # mse | cosine
     norm_target: bool = False  # standardise each target segment per modality (MAE norm_pix_loss)
+    # Weight of the reconstruction of the *visible* segments, added to the masked loss: the
+    # encoder must then keep each segment's own content (a rare segment that helps predict
+    # no neighbour is otherwise free to be forgotten); 0 = MAE's masked-only loss.
+    visible_loss_weight: float = 0.0
     attention: str = "sdpa"  # sdpa | xformers | math
     pack_sequences: bool = False  # varlen packing of ragged batches (one host sync per stack)
     checkpoint_activations: bool = False  # recompute blocks in backward: less memory, more compute
@@ -103,6 +107,7 @@ def check_model_config(cfg: ModelConfig) -> ModelConfig:
     need(cfg.loss in LOSSES, f"model.loss must be one of {LOSSES}, got {cfg.loss!r}")
     need(cfg.attention in ATTENTION_BACKENDS, f"model.attention must be one of {ATTENTION_BACKENDS}, got {cfg.attention!r}")
     need(0.0 <= cfg.dropout < 1.0, f"model.dropout must be in [0, 1), got {cfg.dropout}")
+    need(cfg.visible_loss_weight >= 0.0, f"model.visible_loss_weight must be >= 0, got {cfg.visible_loss_weight}")
     need(r.kind in ROPE_KINDS, f"model.rope.kind must be one of {ROPE_KINDS}, got {r.kind!r}")
     need(r.base > 1.0, f"model.rope.base must be > 1, got {r.base}")
     need(0.0 <= r.zero_freq_fraction <= 1.0, "model.rope.zero_freq_fraction must be in [0, 1]")

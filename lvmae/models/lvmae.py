@@ -17,7 +17,8 @@ the last axis in a fixed order), ``valid [B, L]`` marks real segments (padding F
   gets no rotation, which for rotary attention is the same as sitting at time 0 (the
   first segment's place); with ``sincos`` it gets no embedding (MAE's zero row).
 - Loss: per segment, MSE (mean over dims) or ``1 - cosine`` between prediction and
-  target, averaged over modalities, then averaged over masked valid segments only.
+  target, averaged over modalities, then averaged over masked valid segments only
+  (plus ``visible_loss_weight`` x the same mean over the visible segments).
   ``norm_target`` standardises each target segment (per modality) first.
 
 The forward pass is batched, has no host syncs (unless ``pack_sequences``) and computes
@@ -317,6 +318,13 @@ class LVMAE(nn.Module):
         m = mask.float()
         return (self.segment_loss(pred, target) * m).sum() / m.sum().clamp(min=1.0)
 
+    def objective(self, pred: Tensor, target: Tensor, mask: Tensor, valid: Tensor) -> Tensor:
+        """The training loss: masked segments, plus ``visible_loss_weight`` x the visible ones."""
+        loss = self.loss(pred, target, mask)
+        if self.cfg.visible_loss_weight > 0:
+            loss = loss + self.cfg.visible_loss_weight * self.loss(pred, target, valid & ~mask)
+        return loss
+
     # ------------------------------------------------------------- public API
 
     def forward(self, x: Tensor, valid: Tensor, masks: MaskBatch, scale: Tensor | float | None = None) -> dict:
@@ -330,7 +338,8 @@ class LVMAE(nn.Module):
         scale = self.resolve_scale(scale, x.shape[0], x.device, self.training)
         pred = self.forward_decoder(self.forward_encoder(x, masks, scale), masks, valid, scale)
         target = self.targets(x)
-        return {"loss": self.loss(pred, target, masks.mask), "pred": pred, "target": target, "mask": masks.mask}
+        return {"loss": self.objective(pred, target, masks.mask, valid), "pred": pred, "target": target,
+                "mask": masks.mask}
 
     def encode(self, x: Tensor, valid: Tensor, scale: Tensor | float | None = None) -> dict:
         """All segments visible, for probing. ``scale`` None = the eval scale, in any mode.

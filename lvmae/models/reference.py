@@ -66,7 +66,8 @@ class ReferenceLVMAE(LVMAE):
                          self.attn_extras(seg_pos, self.dec_slopes, n))
         pred = self.head(out[:, 1:])
         target = self.targets(x)
-        return {"loss": self.loss(pred, target, masks.mask), "pred": pred, "target": target, "mask": masks.mask}
+        return {"loss": self.objective(pred, target, masks.mask, valid), "pred": pred, "target": target,
+                "mask": masks.mask}
 
     def _restore_per_sequence(self, y: Tensor, masks: MaskBatch, lengths: Tensor) -> Tensor:
         """``y [B, 1 + L*T, Cd]`` in original order -> decoder tokens ``[B, L*T, Cd]``."""
