@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lvmae.errors import ConfigError
-from lvmae.models.config import ModelConfig, RopeConfig, check_model_config  # noqa: F401  (re-exported)
+from lvmae.model_config import ModelConfig, RopeConfig, check_model_config  # noqa: F401  (re-exported)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

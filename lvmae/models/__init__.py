@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvmae.models.config import ModelConfig, RopeConfig
+from lvmae.model_config import ModelConfig, RopeConfig
 
 _LAZY = {
     "LVMAE": "lvmae.models.lvmae",

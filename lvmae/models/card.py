@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lvmae.models.config import ModelConfig
+from lvmae.model_config import ModelConfig
 
 LIBRARY = "lvmae"
 LICENSE = "apache-2.0"

@@ -22,8 +22,8 @@ import torch
 
 from lvmae.errors import DataError, LvmaeError
 from lvmae.io import atomic_write, atomic_write_json, atomic_write_text
+from lvmae.model_config import model_config_from_dict
 from lvmae.models.card import card_text
-from lvmae.models.config import model_config_from_dict
 from lvmae.models.lvmae import LVMAE
 
 FORMAT = "lvmae-encoder/1"

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from lvmae.models.config import ModelConfig, modality_dims
+from lvmae.model_config import ModelConfig, modality_dims
 
 # Dense (no sparsity) bf16 tensor-core peaks from the datasheets, TFLOP/s. Matched by
 # substring of the CUDA device name, most specific first.

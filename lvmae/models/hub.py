@@ -17,8 +17,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 
+from lvmae.model_config import ModelConfig
 from lvmae.models.card import LIBRARY, LICENSE, PIPELINE_TAG, TAGS, card_text
-from lvmae.models.config import ModelConfig
 from lvmae.models.export import load_pretrained, save_pretrained
 from lvmae.models.lvmae import LVMAE
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lvmae.errors import DataError, LvmaeError
+from lvmae.model_config import ModelConfig, check_model_config, modality_dims
 from lvmae.models.blocks import Rope, Transformer
-from lvmae.models.config import ModelConfig, check_model_config, modality_dims
 from lvmae.models.rope import (
     alibi_slopes,
     axis_frequencies,

@@ -52,7 +52,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Rebuild LV-MAE from a checkpoint's ``trainer.json`` + ``model.safetensors`` and export its encoder."""
-    from lvmae.models.config import model_config_from_dict
+    from lvmae.model_config import model_config_from_dict
     from lvmae.models.lvmae import LVMAE
     from lvmae.train.engine import load_weights
 
