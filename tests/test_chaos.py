@@ -232,3 +232,77 @@ def test_unexpected_exception_is_one_line_with_a_traceback_hint(monkeypatch, cap
                            "--traceback or LVMAE_TRACEBACK=1 for the traceback)")
     with pytest.raises(ValueError):
         main(["--traceback", "config"])
+
+
+# ---- kills ---------------------------------------------------------------------
+
+KILL_AFTER_RENAME = textwrap.dedent("""
+    import os, signal, sys
+    import lvmae.train.checkpoint as ck
+    real = ck.atomic_write_text
+    def pointer(path, text):
+        if text.strip() == "step_00000008":  # step 8 renamed into place, its pointer not yet written
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, text)
+    ck.atomic_write_text = pointer
+    from lvmae.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_kill_between_rename_and_pointer_resumes_from_the_new_checkpoint(store, tmp_path):
+    """The stale pointer made the next start begin again at step 0 and delete metrics.jsonl."""
+    import torch
+
+    out = tmp_path / "run"
+    args = ["pretrain", *FAST, f"data.stores=[{store.root}]", f"run.out_dir={out}", "train.steps=10"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    r = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAME, *args], capture_output=True, text=True,
+                       cwd=ROOT, env=env)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000004"  # stale hint
+    s = pretrain(cfg(store, out, "train.steps=10", "train.resume=true"))
+    assert s["start_step"] == 8 and s["steps"] == 10
+
+
+SOAK_KILLS = 20
+
+
+@pytest.mark.slow
+def test_soak_random_kills_end_with_the_unbroken_weights(store, tmp_path):
+    """SIGKILL a pretraining run at random moments (startup, steps, checkpoint writes) SOAK_KILLS times,
+    resuming each time; the final weights must be bit-identical to an unbroken run's."""
+    import random
+
+    from test_train import assert_same_weights
+
+    from lvmae.train.metrics import read_metrics
+
+    steps = 60
+    common = [*FAST, f"data.stores=[{store.root}]", f"train.steps={steps}", "train.save_every=2",
+              "train.log_every=2", "model.dropout=0.1", "data.bucket_window=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    subprocess.run([sys.executable, "-m", "lvmae.cli", "pretrain", *common, f"run.out_dir={unbroken}"],
+                   check=True, capture_output=True, cwd=ROOT, env=env)
+    rng, kills, mid_save, runs = random.Random(0), 0, 0, 0
+    cmd = [sys.executable, "-m", "lvmae.cli", "pretrain", *common, f"run.out_dir={broken}", "--resume"]
+    while True:
+        runs += 1
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+        try:
+            _, err = p.communicate(timeout=rng.uniform(1.0, 9.0) if kills < SOAK_KILLS else 600)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            kills += 1
+            mid_save += bool(list((broken / "checkpoints").glob(".tmp-*")))
+            continue
+        assert p.returncode == 0, err.decode()[-3000:]
+        break  # finished
+    print(json.dumps({"kills": kills, "killed_during_a_checkpoint_write": mid_save, "runs": runs}))
+    assert kills >= SOAK_KILLS
+    assert json.loads((broken / "summary.json").read_text())["steps"] == steps
+    final = f"step_{steps:08d}"
+    assert_same_weights(unbroken / "checkpoints" / final, broken / "checkpoints" / final, atol=0)
+    assert [r["step"] for r in read_metrics(broken / "metrics.jsonl")] == list(range(2, steps + 1, 2))
