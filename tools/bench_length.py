@@ -10,10 +10,11 @@ raw mean pooling and the same encoder applied to training-length windows.
     python tools/bench_length.py --out bench/length.json                  # the full sweep
     python tools/bench_length.py --out /tmp/l.json --quick                 # a 2-minute smoke run
     python tools/bench_length.py --render bench/length.json > docs/length_table.md
-    python tools/bench_length.py --eval-store STORE --checkpoint RUN/checkpoints/step_N --lengths 256 1024
+    python tools/bench_length.py --eval-store STORE --checkpoint RUN/checkpoints/step_N --lengths 256 1024 \
+        [--scales 0.5 1.0 1.5]
 
 The last form evaluates any full checkpoint (model.safetensors with its config.yaml in the
-run directory) on any feature store. JSON: hardware, versions, settings, and per variant,
+run directory) on any feature store, optionally at several HoPE evaluation scales. JSON: hardware, versions, settings, and per variant,
 training length and seed the losses (and probe accuracies); ``--render`` prints Markdown
 tables (mean ± std over seeds, ratio to the loss at L) and writes a PNG beside the JSON.
 """
@@ -269,8 +270,12 @@ def eval_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     seqs = load_sequences(DataConfig(val_stores=[args.eval_store], modalities=cfg.data.modalities), False)
     val = Validator(seqs, [cfg.data.max_len, *args.lengths], cfg.masking, args.eval_windows, seed=0)
     torch.set_grad_enabled(False)
+    by_scale = {}
+    for scale in args.scales or [cfg.model.rope.eval_scale]:
+        model.cfg.rope.eval_scale = scale  # HoPE's temporal scale at evaluation
+        by_scale[str(scale)] = val(model)
     return {"benchmark": "length-eval", "hardware": hardware(), "versions": versions(), "checkpoint": str(ckpt),
-            "store": args.eval_store, "metrics": val(model)}
+            "store": args.eval_store, "metrics": by_scale}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-store", help="with --checkpoint: evaluate a checkpoint on this store")
     p.add_argument("--checkpoint")
     p.add_argument("--lengths", nargs="*", type=int, default=[])
+    p.add_argument("--scales", nargs="*", type=float, default=[], help="with --checkpoint: eval temporal scales")
     args = p.parse_args(argv)
     if args.render:
         path = Path(args.render)
