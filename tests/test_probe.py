@@ -17,9 +17,10 @@ from lvmae.errors import ConfigError
 from lvmae.probe import run_probe
 from lvmae.probe.bank import SequenceBank, load_bank, pooled_bank, subsample_index
 from lvmae.probe.encoder import cached_encode, encode_bank, subset
+from lvmae.probe.fit import TrainSettings, fit_head
 from lvmae.probe.heads import AttentiveProbe, LinearProbe, masked_mean, pick_heads
-from lvmae.probe.train import TrainSettings, fit_head, lr_at
 from lvmae.store import FeatureStore
+from lvmae.train.schedule import lr_at
 
 K, D, W = 4, 12, 16  # classes (prototypes), raw dim, fake encoder width
 ALL_METHODS = "[raw_mean_sklearn,raw_linear,raw_attentive,lvmae_linear,lvmae_attentive]"
@@ -141,11 +142,11 @@ def test_heads_ignore_padding(head):
 
 def test_pick_heads_and_lr_schedule():
     assert pick_heads(1280, 8) == 8 and pick_heads(12, 8) == 6 and pick_heads(7, 8) == 7 and pick_heads(13, 4) == 1
-    lrs = [lr_at(s, 100, 10, 1.0, 0.1) for s in range(100)]
+    lrs = [lr_at(s, 1.0, 100, 10, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lr_at(50, 100, 10, 1.0, schedule="constant") == 1.0
+    assert lr_at(50, 1.0, 100, 10, schedule="constant") == 1.0
 
 
 # ---- encoder outputs, cache -------------------------------------------------------
@@ -337,12 +338,12 @@ def _toy_task(n=60, seed=0):
 
 
 def test_fit_head_stops_early_and_reads_test_once(monkeypatch):
-    from lvmae.probe import train
+    from lvmae.probe import fit
 
     bank, rows, y, spec = _toy_task()
     calls = []
-    real = train.predict
-    monkeypatch.setattr(train, "predict", lambda head, b, r, *a: calls.append(len(r)) or real(head, b, r, *a))
+    real = fit.predict
+    monkeypatch.setattr(fit, "predict", lambda head, b, r, *a: calls.append(len(r)) or real(head, b, r, *a))
     st = TrainSettings(epochs=60, lr=0.05, batch_size=8, warmup_epochs=0, patience=3)
     res = fit_head(lambda: LinearProbe(3, 2), bank, rows, y, spec, st, 0, torch.device("cpu"))
     assert len(res.history) == max(res.best_epoch + 3, 30) + 1 < 60 and res.extra["epochs_run"] == len(res.history)
@@ -353,15 +354,15 @@ def test_fit_head_stops_early_and_reads_test_once(monkeypatch):
 
 
 def test_fit_head_picks_the_learning_rate_on_val(monkeypatch):
-    from lvmae.probe import train
+    from lvmae.probe import fit
 
     bank, rows, y, _ = _toy_task()
     spec, y = TaskSpec("r", REGRESSION), {s: v * 3.0 + 1.0 for s, v in y.items()}
     st = TrainSettings(epochs=4, batch_size=8, warmup_epochs=0)
     lrs = [1e-6, 0.1]  # the first cannot move from its init in 4 epochs
     calls = []
-    real = train.predict
-    monkeypatch.setattr(train, "predict", lambda head, b, r, *a: calls.append(len(r)) or real(head, b, r, *a))
+    real = fit.predict
+    monkeypatch.setattr(fit, "predict", lambda head, b, r, *a: calls.append(len(r)) or real(head, b, r, *a))
     res = fit_head(lambda: LinearProbe(3, 2), bank, rows, y, spec, st, 0, torch.device("cpu"), lrs)
     assert [lr for lr, _ in res.extra["lr_val"]] == lrs and res.extra["lr"] == 0.1
     assert res.val == min(v for _, v in res.extra["lr_val"]) < res.extra["lr_val"][0][1] / 2

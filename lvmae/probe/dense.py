@@ -33,10 +33,12 @@ from lvmae.io import atomic_write_json
 from lvmae.probe.bank import SequenceBank, load_bank, subsample_index
 from lvmae.probe.dense_heads import TemporalConv, TokenLinear
 from lvmae.probe.dense_metrics import per_class, segmentation_scores
+from lvmae.probe.fit import FitResult, TrainSettings
 from lvmae.probe.methods import Method, select_methods
 from lvmae.probe.runner import _aggregate, _encoded_bank, _fingerprints, _Progress, resolve_device
-from lvmae.probe.train import FitResult, TrainSettings, lr_at
 from lvmae.store import FeatureStore
+from lvmae.train.optim import param_groups
+from lvmae.train.schedule import lr_at
 
 log = logging.getLogger("lvmae.probe")
 
@@ -104,16 +106,13 @@ def train_dense(head: nn.Module, bank: SequenceBank, labels: SequenceBank, rows:
     """AdamW on ``rows['train']``; the head is left at its best val-accuracy epoch (test untouched)."""
     gen = torch.Generator().manual_seed(seed)
     head = head.to(device)
-    decay = [p for p in head.parameters() if p.ndim >= 2]
-    rest = [p for p in head.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": st.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=st.lr)
+    opt = torch.optim.AdamW(param_groups(head, st.weight_decay), lr=st.lr)
     per_epoch = -(-len(rows["train"]) // st.batch_size)
     total, warmup = st.epochs * per_epoch, round(st.warmup_epochs * per_epoch)
     history: list[dict[str, float]] = []
     best: tuple[dict[str, float], dict[str, Tensor]] | None = None
     for epoch in range(st.epochs):
-        lrs = [lr_at(epoch * per_epoch + i, total, warmup, st.lr, st.min_lr, st.schedule) for i in range(per_epoch)]
+        lrs = [lr_at(epoch * per_epoch + i, st.lr, total, warmup, st.min_lr, st.schedule) for i in range(per_epoch)]
         loss = _epoch(head, bank, labels, rows["train"], opt, lrs, gen, st.batch_size, device)
         val = _val_acc(predict_dense(head, bank, rows["val"], st.batch_size * 4, device), trues["val"])
         history.append({"epoch": epoch, "train_loss": loss, "val": val})

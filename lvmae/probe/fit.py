@@ -9,7 +9,6 @@ any choice (epoch, early stop, regularisation).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,6 +20,8 @@ from torch import Tensor, nn
 from lvmae.benchmarks.base import CLASSIFICATION, TaskSpec
 from lvmae.errors import DataError
 from lvmae.probe.bank import SequenceBank
+from lvmae.train.optim import param_groups
+from lvmae.train.schedule import lr_at
 
 
 @dataclass
@@ -53,16 +54,6 @@ class TrainSettings:
     patience: int = 0  # stop (in the second half) after this many epochs without a better val metric; 0 = never
 
 
-def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float = 0.0, schedule: str = "cosine") -> float:
-    """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine or constant."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return base
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def score(spec: TaskSpec, pred: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy in % (``pred`` class ids) or MSE (``pred`` values)."""
     if spec.kind == CLASSIFICATION:
@@ -80,13 +71,6 @@ def confusion(num_classes: int, pred: np.ndarray, y: np.ndarray) -> list[list[in
     m = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(m, (y, pred), 1)
     return m.tolist()
-
-
-def _param_groups(head: nn.Module, wd: float) -> list[dict]:
-    """Weight decay on >= 2-D parameters only (matrices, queries), not on biases/norms."""
-    decay = [p for p in head.parameters() if p.ndim >= 2]
-    rest = [p for p in head.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -160,13 +144,13 @@ def train_head(
     reg = spec.kind != CLASSIFICATION
     mu, sd = _target_scale(spec, y["train"])
     y_train = torch.as_tensor((y["train"] - mu) / sd if reg else y["train"])
-    opt = torch.optim.AdamW(_param_groups(head, st.weight_decay), lr=st.lr)
+    opt = torch.optim.AdamW(param_groups(head, st.weight_decay), lr=st.lr)
     per_epoch = max(1, n // st.batch_size)
     total, warmup = st.epochs * per_epoch, round(st.warmup_epochs * per_epoch)
     history: list[dict[str, float]] = []
     best: tuple[dict[str, float], dict[str, Tensor]] | None = None
     for epoch in range(st.epochs):
-        lrs = [lr_at(epoch * per_epoch + i, total, warmup, st.lr, st.min_lr, st.schedule) for i in range(per_epoch)]
+        lrs = [lr_at(epoch * per_epoch + i, st.lr, total, warmup, st.min_lr, st.schedule) for i in range(per_epoch)]
         loss = _train_epoch(head, bank, rows["train"], y_train, reg, opt, lrs, gen, st.batch_size, device)
         val = score(spec, _predict_units(head, bank, rows["val"], spec, st.batch_size * 4, device, mu, sd), y["val"])
         history.append({"epoch": epoch, "train_loss": loss, "val": val})

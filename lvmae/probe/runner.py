@@ -35,10 +35,10 @@ from lvmae.probe.encoder import (
     encode_bank,
     load_encoder,
 )
+from lvmae.probe.fit import FitResult, TrainSettings, fit_head, fit_sklearn
 from lvmae.probe.heads import AttentiveProbe, LinearProbe
 from lvmae.probe.methods import Method, select_methods
 from lvmae.probe.report import write_report
-from lvmae.probe.train import FitResult, TrainSettings, fit_head, fit_sklearn
 from lvmae.store import FeatureStore, config_hash
 
 log = logging.getLogger("lvmae.probe")

@@ -25,6 +25,7 @@ from torch import nn
 from lvmae.config import Config, DeepSpeedConfig, OptimConfig
 from lvmae.errors import ConfigError, DataError
 from lvmae.io import guard_write
+from lvmae.train.optim import param_groups
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -108,16 +109,6 @@ def _skip_shm_op(deepspeed: Any) -> None:
     """Mark DeepSpeed's CPU shared-memory all-reduce op unavailable (one rank never uses it)."""
     with contextlib.suppress(AttributeError, TypeError, KeyError):
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on >= 2-D parameters (linear weights, and the [CLS]/mask tokens and modality
-    embeddings, as in MAE's recipe); none on 1-D ones (biases, norms)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
 
 
 def make_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:

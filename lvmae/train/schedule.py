@@ -21,14 +21,18 @@ def resolve_peak_lr(base_lr: float, lr: float | None, global_batch: int) -> tupl
     return peak_lr(base_lr, global_batch), f"optim.base_lr {base_lr:g} x global batch {global_batch} / 256"
 
 
-def lr_at(step: int, peak: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0) -> float:
-    """LR for optimizer step ``step`` (0-based): linear warmup to ``peak``, then cosine to ``min_lr``.
+def lr_at(step: int, peak: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
+          schedule: str = "cosine") -> float:
+    """LR for optimizer step ``step`` (0-based): linear warmup to ``peak``, then cosine to ``min_lr``
+    (``schedule="constant"``: ``peak``). Pretraining and the probe heads both use it.
 
     Warmup reaches ``peak`` at its last step (``(step + 1) / warmup``), so no step
     is wasted at LR 0; the cosine then runs over the remaining steps.
     """
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
     decay = max(total_steps - warmup_steps, 1)
     t = min((step - warmup_steps) / decay, 1.0)
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
