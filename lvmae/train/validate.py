@@ -19,6 +19,7 @@ The model runs in eval mode with its eval temporal scale, exactly as probing enc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from torch import nn
 from lvmae.config import DataConfig, MaskingConfig
 from lvmae.data.dataset import is_held_out
 from lvmae.errors import DataError
-from lvmae.masking import build_masks
+from lvmae.masking import MaskBatch, build_masks
 
 MAX_BATCH_TOKENS = 16384  # windows per forward: B * n <= this (the attention bias is B x H x n x n)
 
@@ -39,7 +40,7 @@ MAX_BATCH_TOKENS = 16384  # windows per forward: B * n <= this (the attention bi
 class _Windows:
     x: torch.Tensor  # [W, n, D] float32
     valid: torch.Tensor  # [W, n] bool (all True)
-    masks: object  # MaskBatch for the W windows
+    masks: MaskBatch  # fixed masks of the W windows
 
 
 class Validator:
@@ -97,26 +98,25 @@ class Validator:
         return loss_sum / max(count, 1.0), gain_sum / max(count, 1.0)
 
 
-def _slice_masks(masks, sl: slice):
-    import dataclasses
-
+def _slice_masks(masks: MaskBatch, sl: slice) -> MaskBatch:
     return dataclasses.replace(masks, ids_keep=masks.ids_keep[sl], keep_valid=masks.keep_valid[sl],
                                ids_restore=masks.ids_restore[sl], mask=masks.mask[sl])
 
 
 def _cos_gain(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per masked segment: cos(pred, own target) - cos(pred, the masked target half a window's
-    masked segments away (far enough to be another step, not a look-alike neighbour))."""
+    """Per masked segment of windows with >= 2 of them: cos(pred, own target) minus cos(pred,
+    the target of the masked segment half the window's masked count further on (cyclically),
+    far enough to be another step rather than a look-alike neighbour)."""
     p, t = F.normalize(pred.float(), dim=-1), F.normalize(target.float(), dim=-1)
-    gains = []
-    for b in range(p.shape[0]):
-        idx = mask[b].nonzero().squeeze(1)
-        if len(idx) < 2:
-            continue
-        own = (p[b, idx] * t[b, idx]).sum(-1)
-        other = (p[b, idx] * t[b, idx.roll(len(idx) // 2)]).sum(-1)
-        gains.append(own - other)
-    return torch.cat(gains) if gains else torch.zeros(0)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # masked positions first, in order
+    count = mask.sum(1, keepdim=True)
+    rank = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    partner = (rank + count // 2) % count.clamp(min=1)
+    d = p.shape[-1]
+    p_m, t_m = (v.gather(1, order.unsqueeze(-1).expand(-1, -1, d)) for v in (p, t))
+    t_partner = t_m.gather(1, partner.unsqueeze(-1).expand(-1, -1, d))
+    gain = (p_m * t_m).sum(-1) - (p_m * t_partner).sum(-1)
+    return gain[(rank < count) & (count >= 2)]
 
 
 def load_sequences(data: DataConfig, held_out_of_train: bool) -> list[np.ndarray]:
