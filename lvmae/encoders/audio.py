@@ -80,7 +80,7 @@ class LogMelEncoder:
 
 
 def build(cfg: EncoderConfig, device: str, sample_rate: int) -> LogMelEncoder:
-    from lvmae.encoders.torch_module import resolve_device
+    from lvmae.devices import resolve_device
 
-    return LogMelEncoder(sample_rate, cfg.n_mels, resolve_device(device))
+    return LogMelEncoder(sample_rate, cfg.n_mels, resolve_device(device, key="extract.encoder.device"))
 

@@ -11,24 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lvmae.devices import resolve_device
 from lvmae.encoders.base import MODALITIES, POOLINGS, RESIZE_MODES, Waveforms
 from lvmae.errors import ConfigError
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> this rank's CUDA device (``LOCAL_RANK``) when there is one, else ``cpu``."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    return "cpu"
 
 
 def pool_frames(f: Tensor, mode: str) -> Tensor:
@@ -108,7 +99,7 @@ class TorchEncoder:
         self.pooling, self.image_size, self.resize, self.sample_rate = pooling, image_size, resize, sample_rate
         self.frames = frames  # a clip-level tower that needs exactly this many frames per segment
         self.version = version or fingerprint_module(module)
-        self.device = torch.device(resolve_device(device))
+        self.device = resolve_device(device, key="extract.encoder.device")
         self.module = module.eval().requires_grad_(False).to(self.device)
         if self.frame_level:  # 2-D convolutions over frames; a clip tower may hold 5-D (Conv3d) weights
             self.module = self.module.to(memory_format=torch.channels_last)

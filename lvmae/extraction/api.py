@@ -81,10 +81,10 @@ def cfg_workers(cfg: ExtractConfig) -> int:
 
 def build_encoders(cfg: EncoderConfig, sample_rate: int = 16000) -> dict[str, Encoder]:
     """``{modality: encoder}`` for every modality the config names."""
+    from lvmae.devices import resolve_device
     from lvmae.encoders.registry import build_encoder
-    from lvmae.encoders.torch_module import resolve_device
 
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device, key="extract.encoder.device"))
     names = {"vision": cfg.vision, "audio": cfg.audio, "text": cfg.text}
     return {m: build_encoder(n, m, cfg, device, sample_rate) for m, n in names.items() if n}
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lvmae.benchmarks.dense import IGNORE, MatchedDenseTask, match_dense
 from lvmae.benchmarks.dense_sources import load_dense
 from lvmae.config import Config, save_config
+from lvmae.devices import resolve_device
 from lvmae.errors import ConfigError, DataError
 from lvmae.io import atomic_write_json
 from lvmae.probe.bank import SequenceBank, load_bank, subsample_index
@@ -35,7 +36,7 @@ from lvmae.probe.dense_heads import TemporalConv, TokenLinear
 from lvmae.probe.dense_metrics import per_class, segmentation_scores
 from lvmae.probe.fit import FitResult, TrainSettings
 from lvmae.probe.methods import Method, select_methods
-from lvmae.probe.runner import _aggregate, _encoded_bank, _fingerprints, _Progress, resolve_device
+from lvmae.probe.runner import _aggregate, _encoded_bank, _fingerprints, _Progress
 from lvmae.store import FeatureStore
 from lvmae.train.optim import param_groups
 from lvmae.train.schedule import lr_at

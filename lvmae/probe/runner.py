@@ -23,6 +23,7 @@ from torch import nn
 
 from lvmae.benchmarks import CLASSIFICATION, MatchedTask, load_labels, match_to_store
 from lvmae.config import Config, save_config
+from lvmae.devices import resolve_device
 from lvmae.errors import ConfigError, DataError
 from lvmae.io import append_line, atomic_write_json
 from lvmae.lock import locked
@@ -42,14 +43,6 @@ from lvmae.probe.report import write_report
 from lvmae.store import FeatureStore, config_hash
 
 log = logging.getLogger("lvmae.probe")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name} but no CUDA device is available")
-    return torch.device(name)
 
 
 def state_digest(model: nn.Module) -> str:

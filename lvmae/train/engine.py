@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lvmae.config import Config, DeepSpeedConfig, OptimConfig
+from lvmae.devices import resolve_device
 from lvmae.errors import ConfigError, DataError
 from lvmae.io import guard_write
 from lvmae.train.optim import param_groups
@@ -41,19 +42,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when a GPU is visible, else ``cpu``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("run.device=cuda but no CUDA device is visible")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise ConfigError(f"run.device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
 
 
 def _free_port() -> int:
