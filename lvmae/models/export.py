@@ -32,20 +32,27 @@ CONFIG = "config.json"
 CARD = "README.md"
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> Path:
+    """``tensors`` to ``path`` atomically, as CPU copies (ZeRO/bf16 parameters can be views of one
+    flat buffer, which safetensors refuses). Checkpoints and exports are both written by it."""
+    from safetensors.torch import save_file
+
+    copies = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(copies, tmp, metadata=metadata))
+
+
 def save_pretrained(model: LVMAE, directory: str | os.PathLike, extra: dict | None = None,
                     card: bool = True) -> Path:
     """Write ``model``'s encoder and config (plus JSON-serialisable ``extra``) to ``directory``,
     and (``card``) its model card ``README.md`` (:mod:`lvmae.models.card`)."""
-    from safetensors.torch import save_file
-
     d = Path(directory)
     meta = {"format": FORMAT, "model": dataclasses.asdict(model.cfg), "extra": extra or {}}
     try:
         json.dumps(meta)
     except TypeError as e:
         raise LvmaeError(f"save_pretrained: extra must be JSON-serialisable ({e})") from None
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.encoder_state_dict().items()}
-    atomic_write(d / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    write_safetensors(d / WEIGHTS, model.encoder_state_dict(), metadata={"format": FORMAT})
     if card:
         atomic_write_text(d / CARD, card_text(model.cfg, meta["extra"]))
     atomic_write_json(d / CONFIG, meta)

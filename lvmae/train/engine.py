@@ -133,11 +133,10 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, world: int, device
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
-    """The module's full state dict as safetensors (copies: ZeRO/bf16 params are views of flat buffers)."""
-    from safetensors.torch import save_file
+    """The module's full state dict as safetensors."""
+    from lvmae.models.export import write_safetensors
 
-    with guard_write(path):
-        save_file({k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}, str(path))
+    write_safetensors(path, module.state_dict())
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
