@@ -80,16 +80,11 @@ def make_data(root: Path, train_lengths: list[int], args: argparse.Namespace) ->
     return generate(cfg, root) | {"synth": json.dumps(cfg.__dict__)}
 
 
-def train_one(data: dict[str, str], variant: str, length: int, seed: int, out: Path,
-              args: argparse.Namespace) -> dict[str, Any]:
-    """One pretraining run; returns its held-out losses by length and its wall time."""
-    from lvmae.config import load_config
-    from lvmae.recipes import find
-    from lvmae.train.loop import pretrain
-    from lvmae.train.metrics import read_metrics
-
+def run_overrides(data: dict[str, str], variant: str, length: int, seed: int, out: Path,
+                  args: argparse.Namespace) -> list[str]:
+    """The ``-c tiny`` overrides of one run."""
     lengths = [m * length for m in MULTIPLES[1:]]
-    overrides = [
+    return [
         f"data.stores=[{data['pretrain']}]", f"data.val_stores=[{data['val']}]",
         f"data.min_len={max(2, length // 4)}", f"data.max_len={length}",
         "deepspeed.engine=torch", f"deepspeed.micro_batch={args.micro_batch}", "run.device=cpu", "run.progress=false", f"run.seed={seed}",
@@ -98,10 +93,27 @@ def train_one(data: dict[str, str], variant: str, length: int, seed: int, out: P
         f"train.eval_windows={args.eval_windows}", "train.plot=false", "train.restart=true",
         *variant_overrides(variant),
     ]
+
+
+def train_one(data: dict[str, str], variant: str, length: int, seed: int, out: Path,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """One pretraining run; returns its held-out losses by length and its wall time."""
+    from lvmae.config import load_config
+    from lvmae.io import atomic_write_json
+    from lvmae.recipes import find
+    from lvmae.train.loop import pretrain
+    from lvmae.train.metrics import read_metrics
+
+    overrides = run_overrides(data, variant, length, seed, out, args)
     cfg = load_config([find("tiny")], overrides)
-    tic = time.perf_counter()
-    pretrain(cfg)
-    wall = time.perf_counter() - tic
+    done = out / "bench_run.json"  # a finished run of the same settings is reused (the sweep resumes)
+    if done.is_file() and json.loads(done.read_text())["overrides"] == overrides:
+        wall = json.loads(done.read_text())["wall_s"]
+    else:
+        tic = time.perf_counter()
+        pretrain(cfg)
+        wall = time.perf_counter() - tic
+        atomic_write_json(done, {"overrides": overrides, "wall_s": wall})
     last = [r for r in read_metrics(out / "metrics.jsonl") if "val/loss" in r][-1]
     losses = {int(k.split("@")[1]): v for k, v in last.items() if k.startswith("val/loss@")}
     gains = {int(k.split("@")[1]): v for k, v in last.items() if k.startswith("val/cos_gain@")}
@@ -115,6 +127,9 @@ def probe_one(data: dict[str, str], run: dict[str, Any], out: Path, args: argpar
     from lvmae.config import load_config
     from lvmae.probe import run_probe
 
+    done = out / "bench_probe.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     res: dict[str, Any] = {}
     for window in (0, run["train_length"]):
         cfg = load_config([], [
@@ -129,6 +144,9 @@ def probe_one(data: dict[str, str], run: dict[str, Any], out: Path, args: argpar
             for method, r in rows.items():
                 name = method if not window or method.startswith("raw") else f"{method}_windowed"
                 res.setdefault(task, {})[name] = r["mean"]
+    from lvmae.io import atomic_write_json
+
+    atomic_write_json(done, res)
     return res
 
 
