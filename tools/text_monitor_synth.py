@@ -32,13 +32,15 @@ sys.path.insert(0, str(ROOT / "tools"))
 from _bench import emit, hardware, log, versions  # noqa: E402
 
 # order_trace off: the coloured frame that A/B leave on later fillers would change their hues.
+# Steps of 3..5 segments: a masked segment then usually has a visible neighbour of its own step
+# (a step shown in one segment only cannot be told from its context, by any model).
 SYNTH = dict(num_videos=40, segment_seconds=1.0, fps=4, size=32, audio=False, tasks=["order", "appearance"],
-             order_trace=False)
+             order_trace=False, segments_per_step=[3, 5])
 PRETRAIN = ["model.width=64", "model.depth=2", "model.heads=4", "model.decoder_width=32", "model.decoder_depth=1",
             "model.decoder_heads=2", "data.min_len=8", "data.max_len=32", "deepspeed.engine=torch",
             "deepspeed.micro_batch=8", "optim.base_lr=0.064", "optim.warmup_steps=20", "train.log_every=20",
             "train.save_every=1000", "train.export=false", "train.plot=false", "run.progress=false",
-            "run.device=cpu", "data.text_monitor=true"]
+            "run.device=cpu", "model.norm_target=true", "data.text_monitor=true"]
 
 
 class HueHistogram(nn.Module):
