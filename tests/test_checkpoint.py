@@ -134,7 +134,9 @@ def test_restart_flag_deletes_and_starts_over(store, run8, runs, capsys):
     args = ["pretrain", *FAST, f"data.stores=[{store.root}]", f"run.out_dir={run8}", "train.steps=12"]
     assert main(args) == 2 and "--restart" in capsys.readouterr().err
     assert main([*args, "--restart", "--resume"]) == 2  # contradictory
+    old_events = set((run8 / "tb").iterdir())
     assert main([*args, "--restart"]) == 0
+    assert old_events and not old_events & set((run8 / "tb").iterdir())  # the old curves went too
     s = json.loads((run8 / "summary.json").read_text())
     assert s["start_step"] == 0 and s["resumed_from"] is None
     assert_same_weights(ck(runs / "unbroken", 12), ck(run8, 12), atol=0)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,7 @@ def _resume_point(cfg: Config, ckpt: Checkpointer, dist: DistInfo) -> Path | Non
             log.warning("pretrain: --restart: deleting %d checkpoint(s) of %s and starting at step 0",
                         len(ckpt.checkpoints()), run_dir)
             ckpt.discard_all()
+            shutil.rmtree(run_dir / "tb", ignore_errors=True)  # the old curves; metrics.jsonl goes at the start
         return None
     if not ckpt.has_any():
         return None
