@@ -319,17 +319,34 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+ID_FROM = ("stem", "relpath")  # extract.id_from: how a video file becomes a video id
+
+
+def check_extract(cfg: ExtractConfig) -> None:
+    """The extract section's checks: run by :func:`validate`, and by ``lvmae.Extractor`` for a
+    section built in Python; raises ConfigError."""
+    s, enc = cfg.segment, cfg.encoder
+    _check(s.seconds > 0, f"extract.segment.seconds must be > 0, got {s.seconds}")
+    _check(s.stride is None or s.stride > 0, f"extract.segment.stride must be > 0, got {s.stride}")
+    _check(s.frames >= 1, f"extract.segment.frames must be >= 1, got {s.frames}")
+    _check(0.0 <= s.min_last_fraction <= 1.0, "extract.segment.min_last_fraction must be in [0, 1]")
+    _check(cfg.dtype in ("float16", "float32"), f"extract.dtype must be float16 or float32, got {cfg.dtype!r}")
+    _check(cfg.decode_backend in ("thread", "process"), "extract.decode_backend must be thread or process")
+    _check(cfg.decode_workers >= 0, "extract.decode_workers must be >= 0 (0: auto)")
+    _check(cfg.prefetch_segments >= 1, "extract.prefetch_segments must be >= 1")
+    _check(enc.batch_frames >= 1, "extract.encoder.batch_frames must be >= 1")
+    _check(cfg.id_from in ID_FROM, f"extract.id_from must be one of {list(ID_FROM)}, got {cfg.id_from!r}")
+    _check(any((enc.vision, enc.audio, enc.text)), "no encoder: set extract.encoder.vision/audio/text")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that types alone cannot express; raises ConfigError."""
-    m, mk, s = cfg.model, cfg.masking, cfg.extract.segment
+    m, mk = cfg.model, cfg.masking
     check_model_config(m)
+    check_extract(cfg.extract)
     _check(mk.strategy in MASK_STRATEGIES, f"masking.strategy must be one of {MASK_STRATEGIES}, got {mk.strategy!r}")
     _check(0.0 < mk.ratio < 1.0, f"masking.ratio must be in (0, 1), got {mk.ratio}")
     _check(1 <= mk.block_min <= mk.block_max, "masking.block_min must be >= 1 and <= masking.block_max")
-    _check(s.seconds > 0, f"extract.segment.seconds must be > 0, got {s.seconds}")
-    _check(s.stride is None or s.stride > 0, "extract.segment.stride must be > 0")
-    _check(s.frames >= 1, "extract.segment.frames must be >= 1")
-    _check(0.0 <= s.min_last_fraction <= 1.0, "extract.segment.min_last_fraction must be in [0, 1]")
     _check(cfg.data.min_len >= 1 and cfg.data.min_len <= cfg.data.max_len, "data.min_len must be in [1, data.max_len]")
     _check(
         not cfg.data.weights or len(cfg.data.weights) == len(cfg.data.stores),
