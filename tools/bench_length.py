@@ -74,7 +74,7 @@ def variant_overrides(name: str) -> list[str]:
 def make_data(root: Path, train_lengths: list[int], args: argparse.Namespace) -> dict[str, str]:
     from lvmae.synth.features import FeatureSynthConfig, generate
 
-    cfg = FeatureSynthConfig(num_videos=args.videos, length=[64, 8 * max(train_lengths)],
+    cfg = FeatureSynthConfig(num_videos=args.videos, length=[min(64, 2 * max(train_lengths)), 8 * max(train_lengths)],
                              val_videos=args.val_videos, val_length=64 * max(train_lengths),
                              probe_videos=args.probe_videos, probe_length=16 * min(train_lengths), seed=0)
     return generate(cfg, root) | {"synth": json.dumps(cfg.__dict__)}
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render(json.loads(path.read_text()), path.with_suffix(".png")))
         return 0
     if args.quick:
-        args.steps, args.videos, args.seeds, args.probe_videos, args.probe_epochs = 20, 20, [0], 24, 3
+        args.steps, args.videos, args.seeds, args.probe_videos, args.probe_epochs = 10, 12, [0], 24, 3
         args.val_videos, args.eval_windows = 2, 1
     result = eval_checkpoint(args) if args.eval_store else sweep(args)
     emit(result, args.out)
