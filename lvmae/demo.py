@@ -113,13 +113,12 @@ RUNNERS: dict[str, Callable[[Config], dict[str, Any]]] = {
 
 
 def _check_stages(cfg: Config) -> None:
-    """Each stage's own config checks, before the directory is claimed (a typo must not lock it)."""
-    from lvmae.extraction.api import check_config as check_extract
+    """The checks that need the stages' code (load_config ran the rest), before the directory is
+    claimed: a typo must not lock it."""
     from lvmae.probe.methods import select_methods
     from lvmae.synth import check_config as check_synth
 
     check_synth(cfg.synth)
-    check_extract(cfg.extract)
     select_methods(list(cfg.probe.methods), have_encoder=True)
 
 

@@ -168,3 +168,14 @@ def test_wheel_ships_the_recipes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("lvmae-*.whl"))).namelist()
     assert {f"lvmae/recipes/{n}.yaml" for n in recipes.names()} <= set(names)
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("extract.dtype=float64", "extract.dtype must be float16 or float32"),
+    ("extract.segment.frames=0", "extract.segment.frames must be >= 1"),
+    ("extract.id_from=name", "extract.id_from must be one of"),
+    ("extract.prefetch_segments=0", "extract.prefetch_segments must be >= 1"),
+])
+def test_extract_settings_are_checked_when_the_config_loads(override, expect):
+    with pytest.raises(ConfigError, match=expect):
+        load_config(overrides=[override])

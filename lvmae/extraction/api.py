@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from lvmae.config import EncoderConfig, ExtractConfig
+from lvmae.config import EncoderConfig, ExtractConfig, check_extract
 from lvmae.encoders.base import Encoder, Waveforms, describe
 from lvmae.errors import ConfigError, DataError, LvmaeError
-from lvmae.extraction.inputs import ID_FROM, VideoItem, collect_videos
+from lvmae.extraction.inputs import VideoItem, collect_videos
 from lvmae.extraction.segments import iter_segments
 from lvmae.extraction.video import DecodeSpec, Segment
 from lvmae.lock import dir_lock
@@ -38,27 +38,6 @@ RULE = ("v1: segment i = [i*stride, i*stride + seconds) on the video stream's cl
         "kept; the trailing partial one kept if it covers >= min_last_fraction*seconds (it ends at "
         "the video's end); K frames at the centres of K equal sub-intervals, each the frame on screen")
 SHORT_NOTE = "shorter than one segment"
-
-
-def check_config(cfg: ExtractConfig) -> None:
-    """Raise :class:`ConfigError` for settings no encoder or decoder can honour."""
-    s = cfg.segment
-    checks = [
-        (s.seconds > 0, f"extract.segment.seconds must be > 0, got {s.seconds}"),
-        (s.stride is None or s.stride > 0, f"extract.segment.stride must be > 0, got {s.stride}"),
-        (s.frames >= 1, f"extract.segment.frames must be >= 1, got {s.frames}"),
-        (0.0 <= s.min_last_fraction <= 1.0, "extract.segment.min_last_fraction must be in [0, 1]"),
-        (cfg.dtype in ("float16", "float32"), f"extract.dtype must be float16 or float32, got {cfg.dtype!r}"),
-        (cfg.decode_backend in ("thread", "process"), "extract.decode_backend must be thread or process"),
-        (cfg.decode_workers >= 0, "extract.decode_workers must be >= 0 (0: auto)"),
-        (cfg.prefetch_segments >= 1, "extract.prefetch_segments must be >= 1"),
-        (cfg.encoder.batch_frames >= 1, "extract.encoder.batch_frames must be >= 1"),
-        (cfg.id_from in ID_FROM, f"extract.id_from must be one of {list(ID_FROM)}, got {cfg.id_from!r}"),
-        (any((cfg.encoder.vision, cfg.encoder.audio, cfg.encoder.text)), "no encoder: set extract.encoder.vision/audio/text"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -170,7 +149,7 @@ class Extractor:
 
     def __init__(self, cfg: ExtractConfig | None = None, encoders: Mapping[str, Encoder] | None = None):
         self.cfg = cfg if cfg is not None else ExtractConfig()
-        check_config(self.cfg)
+        check_extract(self.cfg)
         self.encoders = (dict(encoders) if encoders is not None
                          else build_encoders(self.cfg.encoder, self.cfg.segment.audio_sample_rate))
         for m, e in self.encoders.items():

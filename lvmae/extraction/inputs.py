@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvmae.config import ID_FROM
 from lvmae.errors import DataError
 
 VIDEO_EXTS = frozenset({
@@ -29,7 +30,6 @@ VIDEO_EXTS = frozenset({
 })
 SIDECARS = frozenset({".srt", ".vtt", ".ass", ".ssa"})  # subtitles next to a video: not ignored files
 LIST_EXTS = frozenset({".txt", ".lst", ".list"})
-ID_FROM = ("stem", "relpath")
 
 
 @dataclass(frozen=True)
