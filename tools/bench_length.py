@@ -173,7 +173,12 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def command_of(result: dict[str, Any]) -> str:
-    """The command line that reproduces a sweep (from its recorded settings)."""
+    """The command line that reproduces a sweep or a checkpoint evaluation (from what the JSON records)."""
+    if result.get("benchmark") == "length-eval":
+        m = result["metrics"]
+        ns = sorted({int(k.split("@")[1]) for v in m.values() for k in v if k.startswith("val/loss@")})
+        return (f"python tools/bench_length.py --eval-store VAL_STORE --checkpoint RUN/checkpoints/step_N "
+                f"--lengths {' '.join(map(str, ns[1:]))} --scales {' '.join(m)} --out OUT.json")
     st = result["settings"]
     parts = ["python tools/bench_length.py --out OUT.json"]
     for key in ("train_lengths", "variants", "seeds", "probe"):
@@ -217,17 +222,31 @@ def _probe_means(rs: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
     return {t: {m: _mean_std(v) for m, v in ms.items()} for t, ms in table.items()}
 
 
+def render_eval(result: dict[str, Any]) -> str:
+    """A checkpoint's held-out losses by evaluation scale (rows) and length (columns)."""
+    rows = result["metrics"]
+    ns = sorted({int(k.split("@")[1]) for m in rows.values() for k in m if k.startswith("val/loss@")})
+    lines = [f"Held-out masked loss of `{Path(result['checkpoint']).parents[1].name}` by HoPE evaluation scale "
+             "(`model.rope.eval_scale`) and length:", "",
+             "| eval scale | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for scale, m in rows.items():
+        lines.append(f"| {scale} | " + " | ".join(f"{m[f'val/loss@{n}']:.3f}" for n in ns) + " |")
+    return "\n".join(lines)
+
+
 def render(result: dict[str, Any], png: Path | None = None) -> str:
+    if result.get("benchmark") == "length-eval":
+        return render_eval(result)
     agg = aggregate(result)
     lines = []
     for length in sorted({k[1] for k in agg}):
         keys = [k for k in agg if k[1] == length]
         ns = sorted({n for k in keys for n in agg[k]["loss"]})
         lines += [f"Trained on crops of up to {length} segments; held-out masked-reconstruction loss "
-                  f"(standardised targets; the mean predictor scores about 1.0), mean ± std over "
-                  f"{agg[keys[0]]['seeds']} seeds, and the ratio to the loss at {length}:", "",
-                  "| variant | " + " | ".join(f"{n} ({n // length}x)" for n in ns) + " |",
-                  "|---|" + "---|" * len(ns)]
+                  f"(standardised targets; the mean predictor scores about 1.0), mean ± std over seeds, "
+                  f"and the ratio to the loss at {length}:", "",
+                  "| variant | seeds | " + " | ".join(f"{n} ({n // length}x)" for n in ns) + " |",
+                  "|---|---|" + "---|" * len(ns)]
         for k in sorted(keys, key=lambda k: agg[k]["loss"][ns[-1]][0] if ns[-1] in agg[k]["loss"] else 9):
             cells = []
             for n in ns:
@@ -236,11 +255,13 @@ def render(result: dict[str, Any], png: Path | None = None) -> str:
                     continue
                 (m, s), (rm, _) = agg[k]["loss"][n], agg[k]["ratio"][n]
                 cells.append(f"{m:.3f} ± {s:.3f}" + ("" if n == length else f" ({rm:.2f}x)"))
-            lines.append(f"| {k[0]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {k[0]} | {agg[k]['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
         probes = {k[0]: agg[k]["probe"] for k in keys if agg[k]["probe"]}
         for variant, tasks in probes.items():
-            lines += [f"Probe accuracy (%) at {16 * length} segments, {variant} trained at {length}:", "",
+            lines += [f"Probe test accuracy (%, chance 50) at {16 * length} segments, {variant} trained at "
+                      f"{length}, mean ± std over model seeds (`_windowed`: the encoder applied to independent "
+                      f"{length}-segment windows):", "",
                       "| task | " + " | ".join(sorted(next(iter(tasks.values())))) + " |",
                       "|---|" + "---|" * len(next(iter(tasks.values())))]
             for task, ms in tasks.items():
