@@ -320,6 +320,8 @@ def _check(cond: bool, msg: str) -> None:
 
 
 ID_FROM = ("stem", "relpath")  # extract.id_from: how a video file becomes a video id
+# synth.tasks; their order fixes the label seeds of the synthetic videos
+SYNTH_TASKS = ("order", "precedes", "count", "appearance", "direction", "script")
 
 
 def check_extract(cfg: ExtractConfig) -> None:
@@ -339,11 +341,49 @@ def check_extract(cfg: ExtractConfig) -> None:
     _check(any((enc.vision, enc.audio, enc.text)), "no encoder: set extract.encoder.vision/audio/text")
 
 
+def check_synth(cfg: SynthConfig) -> None:
+    """The synth section's checks: run by :func:`validate`, and by ``lvmae.synth`` for a section
+    built in Python; raises ConfigError naming the first synth.* value that cannot work."""
+    def need(cond: bool, msg: str) -> None:
+        _check(cond, f"synth.{msg}")
+
+    unknown = [t for t in cfg.tasks if t not in SYNTH_TASKS]
+    need(not unknown, f"tasks: unknown task(s) {unknown}; choose from {list(SYNTH_TASKS)}")
+    need(not {"direction", "script"} <= set(cfg.tasks), "tasks: direction and script both order the fillers; "
+         "choose one")
+    need(len(set(cfg.tasks)) == len(cfg.tasks), "tasks: a task is listed twice")
+    need(len(cfg.splits) == 3 and min(cfg.splits) >= 0 and sum(cfg.splits) > 0,
+         "splits must be three non-negative fractions (train, val, test)")
+    need(cfg.num_videos >= 1, "num_videos must be >= 1")
+    lo, hi = _synth_range(cfg.segments_per_step, "segments_per_step")
+    need(lo >= 1, "segments_per_step must be >= 1")
+    _synth_range(cfg.filler_steps, "filler_steps")
+    need(cfg.filler_steps[0] >= 0, "filler_steps must be >= 0")
+    need(cfg.filler_types >= 2, "filler_types must be >= 2 (adjacent fillers must differ)")
+    need(cfg.min_gap >= 1, "min_gap must be >= 1")
+    need(cfg.precedes_max >= 1, "precedes_max must be >= 1")
+    need(1 <= cfg.count_max <= 6, "count_max must be in [1, 6]")
+    need(cfg.segment_seconds > 0, "segment_seconds must be > 0")
+    need(cfg.fps >= 1 and abs(cfg.fps * cfg.segment_seconds - round(cfg.fps * cfg.segment_seconds)) < 1e-9,
+         "fps * segment_seconds must be a whole number of frames")
+    need(cfg.size >= 16 and cfg.size % 2 == 0, "size must be even and >= 16 (H.264 4:2:0)")
+    need(cfg.audio_rate in (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000),
+         "audio_rate must be a standard AAC rate, e.g. 16000")
+    need(cfg.workers >= 1, "workers must be >= 1")
+
+
+def _synth_range(v: list[int], name: str) -> tuple[int, int]:
+    if len(v) != 2 or v[0] > v[1]:
+        raise ConfigError(f"synth.{name} must be [min, max] with min <= max, got {v}")
+    return v[0], v[1]
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that types alone cannot express; raises ConfigError."""
     m, mk = cfg.model, cfg.masking
     check_model_config(m)
     check_extract(cfg.extract)
+    check_synth(cfg.synth)
     _check(mk.strategy in MASK_STRATEGIES, f"masking.strategy must be one of {MASK_STRATEGIES}, got {mk.strategy!r}")
     _check(0.0 < mk.ratio < 1.0, f"masking.ratio must be in (0, 1), got {mk.ratio}")
     _check(1 <= mk.block_min <= mk.block_max, "masking.block_min must be >= 1 and <= masking.block_max")

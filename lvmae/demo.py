@@ -113,12 +113,10 @@ RUNNERS: dict[str, Callable[[Config], dict[str, Any]]] = {
 
 
 def _check_stages(cfg: Config) -> None:
-    """The checks that need the stages' code (load_config ran the rest), before the directory is
-    claimed: a typo must not lock it."""
+    """The check that needs the probe's code (load_config ran the others), before the directory
+    is claimed: a typo must not lock it."""
     from lvmae.probe.methods import select_methods
-    from lvmae.synth import check_config as check_synth
 
-    check_synth(cfg.synth)
     select_methods(list(cfg.probe.methods), have_encoder=True)
 
 

@@ -179,3 +179,13 @@ def test_wheel_ships_the_recipes(tmp_path):
 def test_extract_settings_are_checked_when_the_config_loads(override, expect):
     with pytest.raises(ConfigError, match=expect):
         load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("synth.tasks=[orderr]", "synth.tasks: unknown task"),
+    ("synth.size=15", "synth.size must be even"),
+    ("synth.filler_steps=[3,1]", "synth.filler_steps must be \\[min, max\\]"),
+])
+def test_synth_settings_are_checked_when_the_config_loads(override, expect):
+    with pytest.raises(ConfigError, match=expect):
+        load_config(overrides=[override])

@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lvmae.config import SYNTH_TASKS as TASK_NAMES  # fixed ids: label seeds depend on them
 from lvmae.config import SynthConfig
+from lvmae.config import check_synth as check_config  # noqa: F401  (re-exported)
 from lvmae.errors import ConfigError
 
 
@@ -58,7 +60,6 @@ class TaskSpec:
 SPECIAL_TYPES = {"order": "AB", "precedes": "CD", "count": "E", "appearance": "F"}
 A, B, C, D, E, F = range(6)  # the task step types; fillers follow
 NUM_SPECIAL = 6
-TASK_NAMES = ("order", "precedes", "count", "appearance", "direction", "script")  # fixed ids: label seeds depend on them
 SPLITS = ("train", "val", "test")
 SCRIPT_PHASES = ("forwards", "backwards")
 _MAX_TRIES = 20000
@@ -142,43 +143,6 @@ class VideoPlan:
     def segment_states(self) -> np.ndarray:
         """[num_segments] int: the scene state of each segment (see :class:`Step`)."""
         return np.repeat([s.state for s in self.steps], [s.segments for s in self.steps])
-
-
-def check_config(cfg: SynthConfig) -> None:
-    """Raise ConfigError naming the first synth.* value that cannot work."""
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"synth.{msg}")
-
-    unknown = [t for t in cfg.tasks if t not in TASK_NAMES]
-    need(not unknown, f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")
-    need(not {"direction", "script"} <= set(cfg.tasks), "tasks: direction and script both order the fillers; "
-         "choose one")
-    need(len(set(cfg.tasks)) == len(cfg.tasks), "tasks: a task is listed twice")
-    need(len(cfg.splits) == 3 and min(cfg.splits) >= 0 and sum(cfg.splits) > 0,
-         "splits must be three non-negative fractions (train, val, test)")
-    need(cfg.num_videos >= 1, "num_videos must be >= 1")
-    lo, hi = _range(cfg.segments_per_step, "segments_per_step")
-    need(lo >= 1, "segments_per_step must be >= 1")
-    _range(cfg.filler_steps, "filler_steps")
-    need(cfg.filler_steps[0] >= 0, "filler_steps must be >= 0")
-    need(cfg.filler_types >= 2, "filler_types must be >= 2 (adjacent fillers must differ)")
-    need(cfg.min_gap >= 1, "min_gap must be >= 1")
-    need(cfg.precedes_max >= 1, "precedes_max must be >= 1")
-    need(1 <= cfg.count_max <= 6, "count_max must be in [1, 6]")
-    need(cfg.segment_seconds > 0, "segment_seconds must be > 0")
-    need(cfg.fps >= 1 and abs(cfg.fps * cfg.segment_seconds - round(cfg.fps * cfg.segment_seconds)) < 1e-9,
-         "fps * segment_seconds must be a whole number of frames")
-    need(cfg.size >= 16 and cfg.size % 2 == 0, "size must be even and >= 16 (H.264 4:2:0)")
-    need(cfg.audio_rate in (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000),
-         "audio_rate must be a standard AAC rate, e.g. 16000")
-    need(cfg.workers >= 1, "workers must be >= 1")
-
-
-def _range(v: list[int], name: str) -> tuple[int, int]:
-    if len(v) != 2 or v[0] > v[1]:
-        raise ConfigError(f"synth.{name} must be [min, max] with min <= max, got {v}")
-    return v[0], v[1]
 
 
 def assign_labels(cfg: SynthConfig) -> tuple[list[str], list[dict[str, int]]]:
