@@ -48,14 +48,15 @@ METRICS = ("acc", "edit", "f1@10", "f1@25", "f1@50")
 METHODS = ["raw_linear", "raw_temporal", "lvmae_linear", "lvmae_temporal"]
 
 
-def configs(out: Path, overrides: list[str], tasks: tuple[str, ...] = ("script", "step")) -> tuple[Any, Any]:
+def configs(out: Path, overrides: list[str], tasks: tuple[str, ...] = ("script", "step"),
+            methods: tuple[str, ...] = tuple(METHODS)) -> tuple[Any, Any]:
     """The demo pipeline's config (paths under ``out``) and the dense probe config on top of it."""
     from lvmae.demo import demo_config, dense_config
 
     cfg = demo_config(out, overrides=[*OVERRIDES, *overrides])
     d, r = dense_config(cfg), dataclasses.replace
     dense = r(d, run=r(d.run, out_dir=str(out / "dense")), probe=r(d.probe, tasks=list(tasks),
-                                                                    dense_methods=METHODS))
+                                                                    dense_methods=list(methods)))
     return cfg, dense
 
 
@@ -97,7 +98,8 @@ def random_init(cfg: Any, dense: Any) -> Any:
         save_pretrained(LVMAE(with_data_dims(cfg, [store.dim(m) for m in cfg.data.modalities]).model), ckpt)
     r = dataclasses.replace
     return r(dense, run=r(dense.run, out_dir=str(out / "dense_random_init")),
-             probe=r(dense.probe, checkpoint=str(ckpt), dense_methods=[m for m in METHODS if m.startswith("lvmae")]))
+             probe=r(dense.probe, checkpoint=str(ckpt), dense_methods=[m for m in dense.probe.dense_methods
+                                                                   if m.startswith("lvmae")]))
 
 
 def _cells(summary: dict[str, Any], suffix: str = "") -> dict[str, dict[str, Any]]:
@@ -125,7 +127,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     from lvmae.probe import run_probe
 
     out = Path(a.out)
-    cfg, dense = configs(out, a.overrides, tuple(a.tasks))
+    cfg, dense = configs(out, a.overrides, tuple(a.tasks), tuple(a.methods))
     t0 = time.perf_counter()
     times = prepare(cfg)
     t = time.perf_counter()
@@ -141,8 +143,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     g = gains(results)
     return {
         "hardware": _bench.hardware(), "versions": _bench.versions(), "time_utc": _bench.now_utc(),
-        "command": "python tools/bench_dense.py " + " ".join([f"--out {a.out}", *([] if a.control else
-                                                                                  ["--no-control"]), *a.overrides]),
+        "command": "python tools/bench_dense.py " + " ".join([
+            f"--out {a.out}", *([] if a.control else ["--no-control"]),
+            *([] if a.methods == METHODS else ["--methods", *a.methods]), *a.overrides]),
         "config": {"synth": dataclasses.asdict(cfg.synth), "model": dataclasses.asdict(cfg.model),
                    "train_steps": cfg.train.steps, "probe": dataclasses.asdict(dense.probe)},
         "tasks": {t: {k: v for k, v in info.items() if k in ("num_classes", "n", "segments", "grid")}
@@ -184,6 +187,7 @@ def main() -> None:
     ap.add_argument("--render", metavar="JSON", help="print the Markdown tables of a finished run's JSON")
     ap.add_argument("--tasks", nargs="+", default=["script", "step"], choices=["script", "step"],
                     help="dense tasks to probe (runs with different tasks share finished fits)")
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="dense probe rows")
     ap.add_argument("--no-control", dest="control", action="store_false",
                     help="skip the untrained-LV-MAE rows (half the probing time)")
     ap.add_argument("overrides", nargs="*", help="config overrides (key=value) on top of the demo recipe")
