@@ -53,10 +53,22 @@ def weights(ckpt):
     return load_file(str(Path(ckpt) / "model.safetensors"))
 
 
-def assert_same_weights(a, b, atol=1e-6):
-    """Within ``atol`` (rtol 1e-5); ``atol=0``: bit-identical."""
+def _drop_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A fused qkv bias without its key third: softmax ignores a per-query constant, so the key
+    bias's true gradient is 0 and Adam turns summation-order noise into steps of ~lr."""
+    if not name.endswith("attn.qkv.bias"):
+        return t
+    n = t.shape[0] // 3
+    return torch.cat([t[:n], t[2 * n :]])
+
+
+def assert_same_weights(a, b, atol=1e-6, key_bias=True):
+    """Within ``atol`` (rtol 1e-5); ``atol=0``: bit-identical. ``key_bias=False`` leaves the
+    key biases out (see :func:`_drop_key_bias`)."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
+    if not key_bias:
+        wa, wb = ({k: _drop_key_bias(k, v) for k, v in w.items()} for w in (wa, wb))
     for k in wa:
         if atol == 0:
             assert torch.equal(wa[k], wb[k]), k
@@ -225,8 +237,10 @@ def test_deepspeed_engine_on_cpu_matches_torch_engine(store, tmp_path, launch_en
     ckpts = tmp_path / "ds" / "checkpoints"
     assert (ckpts / "step_00000004" / "ds").is_dir()
     assert ds["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-4)
-    # atol covers the key biases: their true gradient is 0, so Adam amplifies summation-order noise.
-    assert_same_weights(tmp_path / "torch" / "checkpoints" / "step_00000004", ckpts / "step_00000004", atol=1e-4)
+    # the key biases' true gradient is 0, so Adam amplifies summation-order noise: compared apart, loosely
+    assert_same_weights(tmp_path / "torch" / "checkpoints" / "step_00000004", ckpts / "step_00000004", atol=1e-4,
+                        key_bias=False)
+    assert_same_weights(tmp_path / "torch" / "checkpoints" / "step_00000004", ckpts / "step_00000004", atol=1e-3)
     (ckpts / "step_00000004").rename(tmp_path / "unbroken_step4")  # as if killed after step 2's checkpoint
     (ckpts / "latest").write_text("step_00000002\n")
     ds = pretrain(tiny(store, tmp_path / "ds", *ds_args, "train.resume=true"))

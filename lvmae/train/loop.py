@@ -54,6 +54,19 @@ def build_model(cfg: Config) -> nn.Module:
     return LVMAE(cfg.model)
 
 
+def _trained_length(cfg: Config, latest: Path | None) -> Config:
+    """On resume, the ``model.rope.train_length`` the run started with (positions depend on it):
+    a changed ``data.max_len`` then changes the crops, not the model."""
+    if latest is None or cfg.model.rope.train_length:
+        return cfg
+    try:
+        saved = json.loads((latest / "trainer.json").read_text())["model"]["rope"]["train_length"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return cfg  # _resume reports an unreadable trainer state
+    rope = dataclasses.replace(cfg.model.rope, train_length=int(saved))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rope=rope))
+
+
 def with_data_dims(cfg: Config, dims: list[int]) -> Config:
     """``model.in_dim`` / ``model.modality_dims`` from the store (the data decides the input size),
     and ``model.rope.train_length`` from ``data.max_len`` where the positions depend on it and it is unset."""
@@ -103,7 +116,7 @@ def _setup(cfg: Config) -> _Run:
     stream = build_stream(cfg.data, cfg.masking, scales, cfg.deepspeed.micro_batch,
                           seed=cfg.run.seed, rank=dist.rank, world=dist.world,
                           pin_memory=dist.device.type == "cuda")
-    cfg = with_data_dims(cfg, stream.sampler.dataset.dims)
+    cfg = with_data_dims(_trained_length(cfg, latest), stream.sampler.dataset.dims)
     seed_everything(cfg.run.seed)  # the same initial weights on every rank
     model = build_model(cfg)
     seed_everything(cfg.run.seed + dist.rank)
