@@ -90,13 +90,15 @@ def _snapshot(repo: str, revision: str | None, key: str, patterns: tuple[str, ..
     except ImportError:
         raise HubError(f"{key}={repo} is a Hub id: resolving it needs `pip install lvmae[hf]` "
                        "(huggingface_hub)") from None
-    local_only = offline() or bool(kwargs.pop("local_files_only", False))
+    is_offline = offline()
+    local_only = is_offline or bool(kwargs.pop("local_files_only", False))
     where = f"{key}={repo}" + (f"@{revision}" if revision else "")
     try:
         path = snapshot_download(repo, revision=revision, allow_patterns=list(patterns),
                                  local_files_only=local_only, **kwargs)
     except (errors.LocalEntryNotFoundError, getattr(errors, "IncompleteSnapshotError", errors.LocalEntryNotFoundError)):
-        why = "HF_HUB_OFFLINE is set and it is not" if local_only else "the Hub is unreachable and it is not"
+        why = ("HF_HUB_OFFLINE is set" if is_offline else "local_files_only is set" if local_only
+               else "the Hub is unreachable") + " and it is not"
         raise HubError(f"{where}: {why} in the Hugging Face cache; fetch it once with "
                        f"`{fetch_command(repo, revision)}` (on a machine with network)") from None
     except errors.RevisionNotFoundError:
