@@ -176,7 +176,7 @@ def render(result: dict[str, Any]) -> str:
               f"Mean ± std over probe seeds {result['config']['probe']['seeds']}; one pretraining run "
               f"({result['config']['train_steps']} steps), {result['config']['synth']['num_videos']} videos. "
               f"{hw['cpu']}, {hw['cores']} cores, torch {result['versions'].get('torch')}; "
-              f"{result['seconds']['total_s']:.0f} s in all. Regenerate: `{result['command']}`, then "
+              f"{result['seconds']['total_s']:.0f} s this run (work done by earlier runs is skipped). Regenerate: `{result['command']}`, then "
               "`python tools/bench_dense.py --render JSON`."]
     return "\n".join(lines) + "\n"
 

@@ -87,9 +87,16 @@ def render_bench_length(doc: dict) -> str:
     return f"`{command_of(doc)}` on {_machine(doc)}.\n\n{render(doc)}"
 
 
+def render_bench_dense(doc: dict) -> str:
+    from bench_dense import render
+
+    return render(doc)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "demo": render_demo, "bench_model": render_bench_model, "bench_memory": render_bench_memory,
     "synth_bench": render_synth_bench, "demo_seeds": render_demo_seeds, "bench_length": render_bench_length,
+    "bench_dense": render_bench_dense,
 }
 
 
