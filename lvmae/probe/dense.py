@@ -29,17 +29,16 @@ from lvmae.benchmarks.dense import IGNORE, MatchedDenseTask, match_dense
 from lvmae.benchmarks.dense_sources import load_dense
 from lvmae.config import Config, save_config
 from lvmae.devices import resolve_device
-from lvmae.errors import ConfigError, DataError
+from lvmae.errors import DataError
 from lvmae.io import atomic_write_json
 from lvmae.probe.bank import SequenceBank, load_bank, subsample_index
 from lvmae.probe.dense_heads import TemporalConv, TokenLinear
 from lvmae.probe.dense_metrics import per_class, segmentation_scores
-from lvmae.probe.fit import FitResult, TrainSettings
+from lvmae.probe.fit import FitResult, TrainSettings, best_epochs
 from lvmae.probe.methods import Method, select_methods
-from lvmae.probe.runner import _aggregate, _encoded_bank, _fingerprints, _Progress
+from lvmae.probe.runner import _aggregate, _encoded_bank, _fingerprints, _Progress, open_probe_store
 from lvmae.store import FeatureStore
 from lvmae.train.optim import param_groups
-from lvmae.train.schedule import lr_at
 
 log = logging.getLogger("lvmae.probe")
 
@@ -108,22 +107,12 @@ def train_dense(head: nn.Module, bank: SequenceBank, labels: SequenceBank, rows:
     gen = torch.Generator().manual_seed(seed)
     head = head.to(device)
     opt = torch.optim.AdamW(param_groups(head, st.weight_decay), lr=st.lr)
-    per_epoch = -(-len(rows["train"]) // st.batch_size)
-    total, warmup = st.epochs * per_epoch, round(st.warmup_epochs * per_epoch)
-    history: list[dict[str, float]] = []
-    best: tuple[dict[str, float], dict[str, Tensor]] | None = None
-    for epoch in range(st.epochs):
-        lrs = [lr_at(epoch * per_epoch + i, st.lr, total, warmup, st.min_lr, st.schedule) for i in range(per_epoch)]
-        loss = _epoch(head, bank, labels, rows["train"], opt, lrs, gen, st.batch_size, device)
-        val = _val_acc(predict_dense(head, bank, rows["val"], st.batch_size * 4, device), trues["val"])
-        history.append({"epoch": epoch, "train_loss": loss, "val": val})
-        if best is None or val > best[0]["val"]:
-            best = (history[-1], {k: v.detach().clone() for k, v in head.state_dict().items()})
-        elif st.patience and epoch >= st.epochs // 2 and epoch - best[0]["epoch"] >= st.patience:
-            break
-    assert best is not None
-    head.load_state_dict(best[1])
-    return best[0], history
+    return best_epochs(
+        head, st, -(-len(rows["train"]) // st.batch_size),
+        lambda lrs: _epoch(head, bank, labels, rows["train"], opt, lrs, gen, st.batch_size, device),
+        lambda: _val_acc(predict_dense(head, bank, rows["val"], st.batch_size * 4, device), trues["val"]),
+        lambda a, b: a > b,
+    )
 
 
 @dataclasses.dataclass
@@ -227,11 +216,8 @@ def _run_fits(cfg: Config, tasks: dict[str, MatchedDenseTask], methods: list[Met
 
 def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedDenseTask], Any, str]:
     pc = cfg.probe
-    if not pc.store:
-        raise ConfigError("probe.store is not set (the feature store of the benchmark's videos)")
+    store, usable = open_probe_store(pc)
     labels = load_dense(pc.benchmark, pc.labels, list(pc.tasks))
-    store = FeatureStore.open(pc.store)
-    usable = [v for v in store.video_ids if store.num_segments(v) > 0]
     tasks, report = match_dense(labels, store, usable, pc.val_fraction, keep=lambda n: subsample_index(n, pc.max_len))
     for line in report.summary():
         log.info("%s/%s", labels.name, line)

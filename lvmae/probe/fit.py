@@ -145,16 +145,31 @@ def train_head(
     mu, sd = _target_scale(spec, y["train"])
     y_train = torch.as_tensor((y["train"] - mu) / sd if reg else y["train"])
     opt = torch.optim.AdamW(param_groups(head, st.weight_decay), lr=st.lr)
-    per_epoch = max(1, n // st.batch_size)
+    return best_epochs(
+        head, st, max(1, n // st.batch_size),
+        lambda lrs: _train_epoch(head, bank, rows["train"], y_train, reg, opt, lrs, gen, st.batch_size, device),
+        lambda: score(spec, _predict_units(head, bank, rows["val"], spec, st.batch_size * 4, device, mu, sd), y["val"]),
+        lambda a, b: better(spec, a, b),
+    )
+
+
+def best_epochs(
+    head: nn.Module, st: TrainSettings, per_epoch: int, train_epoch: Callable[[list[float]], float],
+    validate: Callable[[], float], is_better: Callable[[float, float], bool],
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The epoch loop of every probe head: ``train_epoch(lrs) -> loss`` with the per-step LRs of
+    the schedule, ``validate() -> val`` after each epoch; early stopping after ``st.patience``
+    epochs without a better val (never in the first half); ``head`` is left at its best epoch.
+    Returns that epoch's record and the history."""
     total, warmup = st.epochs * per_epoch, round(st.warmup_epochs * per_epoch)
     history: list[dict[str, float]] = []
     best: tuple[dict[str, float], dict[str, Tensor]] | None = None
     for epoch in range(st.epochs):
         lrs = [lr_at(epoch * per_epoch + i, st.lr, total, warmup, st.min_lr, st.schedule) for i in range(per_epoch)]
-        loss = _train_epoch(head, bank, rows["train"], y_train, reg, opt, lrs, gen, st.batch_size, device)
-        val = score(spec, _predict_units(head, bank, rows["val"], spec, st.batch_size * 4, device, mu, sd), y["val"])
+        loss = train_epoch(lrs)
+        val = validate()
         history.append({"epoch": epoch, "train_loss": loss, "val": val})
-        if best is None or better(spec, val, best[0]["val"]):
+        if best is None or is_better(val, best[0]["val"]):
             best = (history[-1], {k: v.detach().clone() for k, v in head.state_dict().items()})
         elif st.patience and epoch >= st.epochs // 2 and epoch - best[0]["epoch"] >= st.patience:
             break

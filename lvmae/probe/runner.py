@@ -153,13 +153,18 @@ def _aggregate(per_seed: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
-def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedTask], Any, str]:
-    pc = cfg.probe
+def open_probe_store(pc: Any) -> tuple[FeatureStore, list[str]]:
+    """``probe.store`` and its videos with at least one segment (video and dense probes alike)."""
     if not pc.store:
         raise ConfigError("probe.store is not set (the feature store of the benchmark's videos)")
-    labels = load_labels(pc.benchmark, pc.labels, list(pc.tasks))
     store = FeatureStore.open(pc.store)
-    usable = [v for v in store.video_ids if store.num_segments(v) > 0]
+    return store, [v for v in store.video_ids if store.num_segments(v) > 0]
+
+
+def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedTask], Any, str]:
+    pc = cfg.probe
+    store, usable = open_probe_store(pc)
+    labels = load_labels(pc.benchmark, pc.labels, list(pc.tasks))
     tasks, report = match_to_store(labels, usable, pc.val_fraction)
     for line in report.summary():
         log.info("%s/%s", labels.name, line)
