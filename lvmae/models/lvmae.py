@@ -145,17 +145,17 @@ class LVMAE(nn.Module):
         for name in self.FP32_BUFFERS:
             buf = getattr(self, name, None)
             if buf is not None and buf.dtype != torch.float32:
-                fresh = self._slopes(len(buf)) if "slopes" in name else None
-                if name == "train_scales":
-                    fresh = torch.tensor(self.cfg.rope.train_scales, dtype=torch.float32)
-                elif "freqs" in name:
-                    fresh = self._frequencies(self._head_dim(name))
-                self._buffers[name] = fresh.to(buf.device)
+                self._buffers[name] = self._position_buffer(name).to(buf.device)
         return self
 
-    def _head_dim(self, freqs_name: str) -> int:
+    def _position_buffer(self, name: str) -> Tensor:
+        """The float32 value of position buffer ``name`` (one of FP32_BUFFERS), from the config."""
         c = self.cfg
-        return c.width // c.heads if freqs_name == "enc_freqs" else c.decoder_width // c.decoder_heads
+        if name == "train_scales":
+            return torch.tensor(c.rope.train_scales, dtype=torch.float32)
+        enc = name.startswith("enc_")
+        heads, width = (c.heads, c.width) if enc else (c.decoder_heads, c.decoder_width)
+        return self._frequencies(width // heads) if name.endswith("freqs") else self._slopes(heads)
 
     def _init_weights(self) -> None:
         """MAE initialisation: xavier-uniform linears, zero biases, N(0, 0.02) tokens."""
