@@ -17,7 +17,11 @@ pretraining or the architecture?; ``--no-control`` skips it). Each cell is mean 
     python tools/bench_dense.py --out runs/bench_dense            # writes runs/bench_dense/bench_dense.json
     python tools/bench_dense.py --render runs/bench_dense/bench_dense.json   # Markdown tables
 
-Every stage resumes (videos, features, the pretrained export, finished probe fits).
+Every stage resumes (videos, features, the pretrained export, finished probe fits), but only
+under the settings it was made with: ``stages/<stage>.json`` records a fingerprint of the
+resolved config sections the stage reads (library defaults included) and of the stages before
+it; a stage whose settings changed is redone with every later one, and outputs without a
+record are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -60,24 +66,110 @@ def configs(out: Path, overrides: list[str], tasks: tuple[str, ...] = ("script",
     return cfg, dense
 
 
+# Each stage: the config sections its output depends on, and the directories (under --out) it writes.
+# A stage's fingerprint chains those of the stages before it, so a redone stage redoes every later one.
+STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "synth": (("synth",), ("synth",)),
+    "extract": (("extract",), ("features",)),
+    "pretrain": (("run", "model", "masking", "data", "optim", "deepspeed", "train"), ("pretrain", "random_init")),
+    "probe": ((), ("dense", "dense_random_init")),  # fits carry their own fingerprints (progress.jsonl)
+}
+RUN_IGNORED = ("out_dir", "progress", "loggers", "wandb_project")  # change no number
+
+
+def stage_fingerprints(cfg: Any, out: Path) -> dict[str, str]:
+    """One hash per stage of the resolved settings it reads (defaults included) and of every earlier stage's.
+
+    Paths are written relative to ``out``, so a moved run directory keeps its fingerprints.
+    """
+    from lvmae.store import config_hash
+
+    fps, chain = {}, ""
+    for name, (sections, _) in STAGES.items():
+        body = {s: dataclasses.asdict(getattr(cfg, s)) for s in sections}
+        if "run" in body:
+            body["run"] = {k: v for k, v in body["run"].items() if k not in RUN_IGNORED}
+        text = json.dumps(body, sort_keys=True, default=str).replace(str(out), "$OUT")
+        chain = fps[name] = config_hash([chain, text])
+    return fps
+
+
+def claim(out: Path, fps: dict[str, str], log: Any = print) -> list[str]:
+    """Make ``out`` safe to resume under ``fps``; returns the stages whose earlier outputs were discarded.
+
+    A stage's outputs are kept only when its record (``stages/<name>.json``, written before it
+    starts) holds the same fingerprint; a finished or interrupted stage with other settings is
+    deleted with every later one. Outputs without a record (an older bench, another tool) are
+    of unknown settings: refused, never reused or deleted.
+    """
+    stale = None
+    for name, (_, dirs) in STAGES.items():
+        rec = _record(out, name)
+        if stale is None and rec.get("fingerprint") == fps[name]:
+            continue
+        stale = stale or name
+        present = [d for d in dirs if (out / d).exists()]
+        if present and not rec:
+            raise SystemExit(f"{out}: {', '.join(present)} exist without a stage record, so the settings they "
+                             "were made with are unknown; use another --out or delete them")
+    if stale is None:
+        return []
+    redo = list(STAGES)[list(STAGES).index(stale):]
+    gone = [n for n in redo if _record(out, n) or any((out / d).exists() for d in STAGES[n][1])]
+    for name in redo:
+        for d in STAGES[name][1]:
+            if (out / d).exists():
+                trash = out / f".old-{d}-{os.getpid()}"
+                (out / d).rename(trash)  # atomic: a crash leaves no half-deleted stage behind
+                shutil.rmtree(trash)
+        (out / "stages" / f"{name}.json").unlink(missing_ok=True)
+    if gone:
+        log(f"{out}: settings of {', '.join(gone)} changed since the last run; redoing them")
+    return gone
+
+
+def _record(out: Path, name: str) -> dict[str, Any]:
+    path = out / "stages" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_record(out: Path, name: str, fingerprint: str, done: bool) -> None:
+    from lvmae.io import atomic_write_json
+
+    atomic_write_json(out / "stages" / f"{name}.json", {"fingerprint": fingerprint, "done": done})
+
+
+def _stage(out: Path, name: str, fps: dict[str, str], fn: Any) -> float:
+    """Run ``fn`` under ``name``'s record (an interrupted stage resumes its own work); seconds it took."""
+    if _record(out, name).get("done"):
+        return 0.0
+    _write_record(out, name, fps[name], False)
+    t = time.perf_counter()
+    fn()
+    _write_record(out, name, fps[name], True)
+    return time.perf_counter() - t
+
+
 def prepare(cfg: Any) -> dict[str, float]:
-    """Videos, features and the pretrained export (each skipped where already done); seconds per stage."""
+    """Videos, features and the pretrained export (each skipped where already done); seconds per stage.
+
+    Run :func:`claim` first: it discards every output made with other settings.
+    """
     from lvmae.extraction.api import extract
     from lvmae.synth import generate
     from lvmae.train import pretrain
 
-    times, out = {}, Path(cfg.run.out_dir)
-    t = time.perf_counter()
-    generate(cfg.synth, progress=False)
-    times["synth_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    extract([str(Path(cfg.synth.out) / "videos")], cfg.extract.out, cfg.extract, progress=False)
-    times["extract_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    if not (out / "pretrain" / "export" / "config.json").is_file():
-        r = dataclasses.replace
-        pretrain(r(cfg, run=r(cfg.run, out_dir=str(out / "pretrain"), progress=False)))
-    times["pretrain_s"] = time.perf_counter() - t
+    out, r = Path(cfg.run.out_dir), dataclasses.replace
+    fps = stage_fingerprints(cfg, out)
+    times = {
+        "synth_s": _stage(out, "synth", fps, lambda: generate(cfg.synth, progress=False)),
+        "extract_s": _stage(out, "extract", fps, lambda: extract([str(Path(cfg.synth.out) / "videos")],
+                                                                 cfg.extract.out, cfg.extract, progress=False)),
+        "pretrain_s": _stage(out, "pretrain", fps, lambda: pretrain(
+            r(cfg, run=r(cfg.run, out_dir=str(out / "pretrain"), progress=False)))),
+    }
+    if not _record(out, "probe"):  # never marked done: each fit is skipped or run on its own
+        _write_record(out, "probe", fps["probe"], False)
     return {k: round(v, 1) for k, v in times.items()}
 
 
@@ -129,6 +221,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     out = Path(a.out)
     cfg, dense = configs(out, a.overrides, tuple(a.tasks), tuple(a.methods))
     t0 = time.perf_counter()
+    claim(out, stage_fingerprints(cfg, out))
     times = prepare(cfg)
     t = time.perf_counter()
     main = run_probe(dense)
@@ -148,6 +241,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             *([] if a.methods == METHODS else ["--methods", *a.methods]), *a.overrides]),
         "config": {"synth": dataclasses.asdict(cfg.synth), "model": dataclasses.asdict(cfg.model),
                    "train_steps": cfg.train.steps, "probe": dataclasses.asdict(dense.probe)},
+        "stage_fingerprints": stage_fingerprints(cfg, out),
         "tasks": {t: {k: v for k, v in info.items() if k in ("num_classes", "n", "segments", "grid")}
                   for t, info in main["tasks"].items()},
         "seconds": {**times, "total_s": round(time.perf_counter() - t0, 1)},
