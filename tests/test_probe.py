@@ -383,16 +383,16 @@ def test_linear_probe_on_the_pooled_bank_equals_it_on_sequences():
 
 
 def test_progress_survives_a_torn_last_line(tmp_path):
-    from lvmae.probe.runner import _Progress
+    from lvmae.probe.runner import ProgressLog
 
     path = tmp_path / "progress.jsonl"
-    _Progress(path).add("fp", "t/m/0", {"test": 1.0})
+    ProgressLog(path).add("fp", "t/m/0", {"test": 1.0})
     with open(path, "a") as f:
         f.write('{"fingerprint": "fp", "key": "t/m/1", "res')  # killed mid-write
-    p = _Progress(path)
+    p = ProgressLog(path)
     assert set(p.done) == {("fp", "t/m/0")}
     p.add("fp", "t/m/1", {"test": 2.0})
-    assert _Progress(path).done == {("fp", "t/m/0"): {"test": 1.0}, ("fp", "t/m/1"): {"test": 2.0}}
+    assert ProgressLog(path).done == {("fp", "t/m/0"): {"test": 1.0}, ("fp", "t/m/1"): {"test": 2.0}}
 
 
 def test_report_counts_ambiguous_ids_and_untrained_classes(synth):

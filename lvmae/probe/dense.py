@@ -36,7 +36,13 @@ from lvmae.probe.dense_heads import TemporalConv, TokenLinear
 from lvmae.probe.dense_metrics import per_class, segmentation_scores
 from lvmae.probe.fit import FitResult, TrainSettings, best_epochs
 from lvmae.probe.methods import Method, select_methods
-from lvmae.probe.runner import _aggregate, _encoded_bank, _fingerprints, _Progress, open_probe_store
+from lvmae.probe.runner import (
+    ProgressLog,
+    aggregate,
+    encoded_bank,
+    fit_fingerprints,
+    open_probe_store,
+)
 from lvmae.store import FeatureStore
 from lvmae.train.optim import param_groups
 
@@ -179,7 +185,7 @@ def _data(task: MatchedDenseTask, bank: SequenceBank) -> DenseData:
 
 def _aggregate_dense(per_seed: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """The video probe's aggregate (test = segment accuracy) plus mean ± std of every metric and per-class recall."""
-    out = _aggregate(per_seed)
+    out = aggregate(per_seed)
     names = list(per_seed[0][1]["scores"])
     vals = {k: np.asarray([r["scores"][k] for _, r in per_seed], dtype=np.float64) for k in names}
     out["metrics"] = {k: {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
@@ -194,7 +200,7 @@ def _aggregate_dense(per_seed: list[tuple[int, dict[str, Any]]]) -> dict[str, An
 
 
 def _run_fits(cfg: Config, tasks: dict[str, MatchedDenseTask], methods: list[Method], banks: dict[str, SequenceBank],
-              fps: dict[str, str], progress: _Progress, device: torch.device) -> dict[str, dict[str, list]]:
+              fps: dict[str, str], progress: ProgressLog, device: torch.device) -> dict[str, dict[str, list]]:
     from tqdm.auto import tqdm
 
     pc = cfg.probe
@@ -246,11 +252,11 @@ def run_dense(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
     banks = {"raw": load_bank(store, ids, list(pc.modalities), pc.max_len, cfg.run.progress)}
     digest = ""
     if any(m.features == "lvmae" for m in methods):
-        banks["lvmae"], digest = _encoded_bank(cfg, store, banks["raw"], encoder, device)
+        banks["lvmae"], digest = encoded_bank(cfg, store, banks["raw"], encoder, device)
     if device.type == "cuda":
         banks = {k: b.to(device) for k, b in banks.items()}
-    fps = _fingerprints(replace(cfg, probe=replace(pc, dense_methods=[], dense_plots=0)), store, report, digest)
-    results = _run_fits(cfg, tasks, methods, banks, fps, _Progress(out_dir / "progress.jsonl"), device)
+    fps = fit_fingerprints(replace(cfg, probe=replace(pc, dense_methods=[], dense_plots=0)), store, report, digest)
+    results = _run_fits(cfg, tasks, methods, banks, fps, ProgressLog(out_dir / "progress.jsonl"), device)
     summary = {
         "benchmark": bench, "dense": True, "labels": pc.labels, "store": pc.store, "checkpoint": pc.checkpoint,
         "device": str(device), "methods": [m.name for m in methods], "skipped_methods": skipped,

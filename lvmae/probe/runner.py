@@ -54,7 +54,7 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-class _Progress:
+class ProgressLog:
     """Finished fits, one JSON line each, appended durably, keyed by (fingerprint, task/method/seed)."""
 
     def __init__(self, path: Path):
@@ -114,7 +114,7 @@ def _fit(ctx: _Context, task: MatchedTask, method: Method, seed: int) -> FitResu
                     bank, rows, y, spec, st, seed, ctx.device)
 
 
-def _encoded_bank(cfg: Config, store: FeatureStore, raw: SequenceBank, encoder: nn.Module | None,
+def encoded_bank(cfg: Config, store: FeatureStore, raw: SequenceBank, encoder: nn.Module | None,
                   device: torch.device) -> tuple[SequenceBank, str]:
     """LV-MAE outputs for every video, and the encoder's digest (for the run fingerprint)."""
     pc = cfg.probe
@@ -142,7 +142,7 @@ def _encoded_bank(cfg: Config, store: FeatureStore, raw: SequenceBank, encoder: 
     return bank, digest
 
 
-def _aggregate(per_seed: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+def aggregate(per_seed: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     tests = np.asarray([r["test"] for _, r in per_seed], dtype=np.float64)
     vals = np.asarray([r["val"] for _, r in per_seed], dtype=np.float64)
     confs = [r["confusion"] for _, r in per_seed if r.get("confusion") is not None]
@@ -182,7 +182,7 @@ def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedTask], Any, st
 LVMAE_ONLY = ("checkpoint", "scale", "encode_batch", "cache", "cache_dir", "pooling")
 
 
-def _fingerprints(cfg: Config, store: FeatureStore, report: Any, digest: str) -> dict[str, str]:
+def fit_fingerprints(cfg: Config, store: FeatureStore, report: Any, digest: str) -> dict[str, str]:
     """What a fit's result depends on, per feature kind: raw fits survive a change of checkpoint."""
     skip = ("tasks", "methods", "seeds", *LVMAE_ONLY)
     probe = {k: v for k, v in dataclasses.asdict(cfg.probe).items() if k not in skip}
@@ -192,7 +192,7 @@ def _fingerprints(cfg: Config, store: FeatureStore, report: Any, digest: str) ->
 
 
 def _run_fits(ctx: _Context, tasks: dict[str, MatchedTask], methods: list[Method], fps: dict[str, str],
-              progress: _Progress) -> dict[str, dict[str, list]]:
+              progress: ProgressLog) -> dict[str, dict[str, list]]:
     """Every task x method x seed not yet in ``progress``; returns ``{task: {method: [(seed, result)]}}``."""
     from tqdm.auto import tqdm
 
@@ -227,18 +227,18 @@ def run_probe(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
     banks = {"raw": load_bank(store, ids, list(pc.modalities), pc.max_len, cfg.run.progress)}
     digest = ""
     if any(m.features == "lvmae" for m in methods):
-        banks["lvmae"], digest = _encoded_bank(cfg, store, banks["raw"], encoder, device)
+        banks["lvmae"], digest = encoded_bank(cfg, store, banks["raw"], encoder, device)
     if device.type == "cuda":  # gather batches on the GPU: no host-to-device copy per step
         banks = {k: b.to(device) for k, b in banks.items()}
-    fps = _fingerprints(cfg, store, report, digest)
-    results = _run_fits(_Context(cfg, banks, device), tasks, methods, fps, _Progress(out_dir / "progress.jsonl"))
+    fps = fit_fingerprints(cfg, store, report, digest)
+    results = _run_fits(_Context(cfg, banks, device), tasks, methods, fps, ProgressLog(out_dir / "progress.jsonl"))
     summary = {
         "benchmark": bench, "labels": pc.labels, "store": pc.store, "checkpoint": pc.checkpoint,
         "device": str(device), "methods": [m.name for m in methods], "skipped_methods": skipped,
         "tasks": {name: {"kind": t.spec.kind, "metric": t.spec.metric, "num_classes": t.spec.num_classes,
                          "class_names": list(t.spec.class_names), "val_carved": t.val_carved,
                          "n": {s: len(sp) for s, sp in t.splits.items()}} for name, t in tasks.items()},
-        "results": {t: {m: _aggregate(v) for m, v in r.items()} for t, r in results.items()},
+        "results": {t: {m: aggregate(v) for m, v in r.items()} for t, r in results.items()},
         "matching": report.to_dict(), "config": dataclasses.asdict(cfg), "fingerprints": fps,
         "elapsed_s": round(time.time() - t0, 3),
     }
