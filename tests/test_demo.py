@@ -39,7 +39,8 @@ def test_scaled_down_demo_end_to_end_then_skips_and_refuses_other_config(tmp_pat
     assert {row.split("|")[1].strip() for row in table[2:]} == {"order", "appearance"}
     md = (out / "results.md").read_text()
     assert report["table"] in md and "`order`: mean pool cannot" in md and "`appearance`: mean pool can" in md
-    assert "**step**" in md and "| lvmae_temporal |" in md  # the dense step-type task of the videos' own timelines
+    # the dense step-type task of the videos' own timelines, with the demo's two per-segment rows
+    assert "**step**" in md and "| raw_linear |" in md and "| lvmae_linear |" in md and "lvmae_temporal" not in md
     assert json.loads((out / "demo.json").read_text())["table"] == report["table"]
     assert report["table"] in "\n".join(logs)
 

@@ -6,20 +6,25 @@ LV-MAE of the same shape (``random_init`` rows). Prints one JSON object: per tas
 method, the mean and sample std over seeds of each seed's test accuracy (itself a mean
 over the probe seeds), plus the wall time of every demo.
 
-    python tools/demo_seeds.py --out runs/demo_seeds --seeds 0 1 2 [key=value ...]
+    python tools/demo_seeds.py --out runs/demo_seeds --seeds 0 1 2 --json demo_seeds.json [key=value ...]
+
+Each seed's demo resumes in ``--out/seed_<s>`` (finished stages and probe fits are kept), so an
+interrupted sweep continues where it stopped. ``targets`` says, per task, whether LV-MAE's best
+probe reaches raw mean pooling (``raw_mean_sklearn``) in the mean over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import emit, hardware, now_utc, versions  # noqa: E402
 
 
 def random_init_probe(cfg, seed: int) -> dict:
@@ -47,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo_seeds")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--json", help="also write the JSON here (atomically)")
     ap.add_argument("overrides", nargs="*", help="demo config overrides")
     a = ap.parse_args()
 
@@ -71,8 +77,28 @@ def main() -> None:
                    "per_seed": [round(x, 1) for x in v]} for m, v in rows.items()}
         for task, rows in per_seed.items()
     }
-    print(json.dumps({"hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-                      "seeds": a.seeds, "overrides": a.overrides, "times": times, "accuracy": summary}, indent=2))
+    emit({"hardware": hardware(), "versions": versions(), "time_utc": now_utc(), "seeds": a.seeds,
+          "overrides": a.overrides, "config": demo_settings(cfg), "times": times, "accuracy": summary,
+          "targets": targets(summary)}, a.json)
+
+
+def demo_settings(cfg) -> dict:
+    """The settings that shape the demo's figures (sizes of the videos, model, training, probes)."""
+    return {"synth": dataclasses.asdict(cfg.synth), "segment": dataclasses.asdict(cfg.extract.segment),
+            "model": dataclasses.asdict(cfg.model), "train_steps": cfg.train.steps,
+            "probe": {k: getattr(cfg.probe, k) for k in ("methods", "seeds", "epochs", "lr")}}
+
+
+def targets(summary: dict) -> dict[str, dict]:
+    """Per task: LV-MAE's best probe (pretrained rows only) against raw mean pooling, means over seeds."""
+    out = {}
+    for task, rows in summary.items():
+        lv = {m: r["mean"] for m, r in rows.items() if m.startswith("lvmae") and "(" not in m}
+        best = max(lv, key=lv.get)
+        raw = rows["raw_mean_sklearn"]["mean"]
+        out[task] = {"best_lvmae": best, "best_lvmae_mean": lv[best], "raw_mean_sklearn": raw,
+                     "lvmae_minus_raw_mean": round(lv[best] - raw, 1), "lvmae_at_least_raw_mean": lv[best] >= raw}
+    return out
 
 
 if __name__ == "__main__":
