@@ -84,7 +84,7 @@ class ExtractConfig:
     decode_workers: int = 0  # parallel decoded files; 0 = auto (cores, at most 8)
     decode_backend: str = "thread"  # thread | process (decode workers)
     decode_threads: int = 0  # FFmpeg threads per decoded file; 0 = cores / workers
-    prefetch_segments: int = 64  # bound of the decoded-segment queue (memory cap; thread backend)
+    prefetch_segments: int = 16  # bound of the decoded-segment queue (memory cap; thread backend)
     shard: str | None = None  # "i/n"; defaults to RANK/WORLD_SIZE when launched
     id_from: str = "stem"  # stem | relpath: how a file becomes a video id
     retry_failed: bool = False  # re-extract videos recorded as failed

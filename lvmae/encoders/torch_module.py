@@ -21,6 +21,8 @@ from lvmae.devices import resolve_device
 from lvmae.encoders.base import MODALITIES, POOLINGS, RESIZE_MODES, Waveforms
 from lvmae.errors import ConfigError
 
+CPU_CHUNK_FRAMES = 16  # frames per forward on the CPU (see TorchEncoder._chunked)
+
 
 def pool_frames(f: Tensor, mode: str) -> Tensor:
     """Pool per-frame features ``[B, K, D]`` into a segment embedding.
@@ -138,13 +140,26 @@ class TorchEncoder:
             clips = torch.as_tensor(batch).to(self.device, non_blocking=True)
             b, k = clips.shape[:2]
             if not self.frame_level:
-                return self._forward(self.preprocess(clips)).float().cpu()
-            feats = self._forward(self.preprocess(clips.reshape(b * k, *clips.shape[2:])))
+                return self._chunked(clips, max(1, CPU_CHUNK_FRAMES // k)).float().cpu()
+            feats = self._chunked(clips.reshape(b * k, *clips.shape[2:]), CPU_CHUNK_FRAMES)
             return pool_frames(feats.float().reshape(b, k, -1), self.pooling).cpu()
         if self.modality == "audio":
             batch = Waveforms(batch.wave.to(self.device), batch.lengths.to(self.device))
             return self._forward(self.preprocess(batch)).float().cpu()
         return self._forward(_to_device(self.preprocess(list(batch)), self.device)).float().cpu()
+
+    def _chunked(self, x: Tensor, chunk: int) -> Tensor:
+        """Preprocess + forward ``x`` (frames or clips along dim 0); on the CPU ``chunk`` at a time.
+
+        Same outputs (every sample is computed alone), less memory and no slower: a forward of
+        64 frames at 112 px holds hundreds of MB of activations, which glibc keeps on its heap
+        between forwards and fragments, so the peak kept rising with the number of batches
+        (the video's length); in chunks of 16 frames it stays flat, and the activations fit
+        the caches better (10 ms/frame instead of 15 for EfficientNet-Lite0, one thread).
+        """
+        if self.device.type != "cpu" or len(x) <= chunk:
+            return self._forward(self.preprocess(x))
+        return torch.cat([self._forward(self.preprocess(x[i:i + chunk])) for i in range(0, len(x), chunk)])
 
     def _forward(self, x: Any) -> Tensor:
         dtype = self._amp_dtype()
