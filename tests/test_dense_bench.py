@@ -88,3 +88,26 @@ def test_a_finished_stage_is_skipped_and_an_unfinished_one_run(tmp_path):
     assert calls == ["extract"]
     assert json.loads((tmp_path / "stages" / "extract.json").read_text()) == {"fingerprint": fps["extract"],
                                                                               "done": True}
+
+
+def test_layer_tokens_gives_every_block_and_the_probed_tokens():
+    import torch
+
+    from lvmae.models import LVMAE, ModelConfig
+    from lvmae.probe.bank import SequenceBank
+
+    torch.manual_seed(0)
+    model = LVMAE(ModelConfig(in_dim=8, width=16, depth=2, heads=2, decoder_width=8, decoder_depth=1,
+                              decoder_heads=2), with_decoder=False).eval()
+    lengths = torch.tensor([3, 5])
+    bank = SequenceBank(["a", "b"], torch.randn(8, 8), torch.cumsum(lengths, 0) - lengths, lengths)
+    out = bench_dense.layer_tokens(model, bank)
+    assert list(out) == ["block1", "block2", "tokens"]
+    assert [v.shape for v in out["block2"]] == [(3, 16), (5, 16)]
+    b = bank.batch(torch.tensor([1]), "cpu")
+    with torch.no_grad():
+        tokens = model.encode(b.x, b.valid)["tokens"][0]
+        normed = model.encoder.norm(torch.from_numpy(out["block2"][1]))
+    assert torch.allclose(torch.from_numpy(out["tokens"][1]), tokens, atol=1e-6)
+    assert torch.allclose(normed, tokens, atol=1e-5)  # tokens = the last block's output after the final LayerNorm
+    assert not model.encoder.blocks[0]._forward_hooks  # hooks removed

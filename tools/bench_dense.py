@@ -194,6 +194,63 @@ def random_init(cfg: Any, dense: Any) -> Any:
                                                                    if m.startswith("lvmae")]))
 
 
+def layer_tokens(model: Any, bank: Any) -> dict[str, list[Any]]:
+    """Each encoder block's output per segment (``block1`` ..), then the encoder's ``tokens``: ``[T, width]`` per video."""
+    import torch
+
+    outs: dict[str, list[Any]] = {}
+    captured: list[Any] = []
+    hooks = [b.register_forward_hook(lambda _m, _i, o: captured.append(o)) for b in model.encoder.blocks]
+    try:
+        with torch.no_grad():
+            for r in range(len(bank)):
+                b = bank.batch(torch.tensor([r]), "cpu")
+                captured.clear()
+                enc = model.encode(b.x, b.valid)
+                for i, h in enumerate(captured, 1):  # [1, 1 + T * n_tok, W]; one token per segment here
+                    outs.setdefault(f"block{i}", []).append(h[0, 1:].float().numpy())
+                outs.setdefault("tokens", []).append(enc["tokens"][0].float().numpy())
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+def readout(dense: Any, checkpoints: dict[str, str], grid: tuple[float, ...] = (0.01, 0.1, 1.0)) -> dict[str, Any]:
+    """Where in the encoder a task is linearly readable: test segment accuracy (%) of a per-segment
+    logistic regression (standardised inputs, C chosen on val) on the raw segments and on every
+    block's output of each checkpoint, per task. ``{task: {features: acc}}``.
+    """
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from lvmae.probe.bank import load_bank
+    from lvmae.probe.dense import prepare_dense
+    from lvmae.probe.encoder import load_encoder
+
+    pc = dense.probe
+    store, tasks, _, _ = prepare_dense(dense)
+    ids = sorted({sid for t in tasks.values() for sp in t.splits.values() for sid in sp.store_ids})
+    bank = load_bank(store, ids, list(pc.modalities), pc.max_len, False)
+    feats = {"raw": [bank.batch(torch.tensor([r]), "cpu").x[0].numpy() for r in range(len(bank))]}
+    for name, ckpt in checkpoints.items():
+        feats.update({f"{name}/{k}": v for k, v in layer_tokens(load_encoder(ckpt)[0], bank).items()})
+    row = {v: i for i, v in enumerate(bank.ids)}
+    out: dict[str, Any] = {}
+    for task, t in tasks.items():
+        y = {s: np.concatenate(sp.labels) for s, sp in t.splits.items()}
+        for name, per_video in feats.items():
+            x = {s: np.concatenate([per_video[row[v]][: len(lab)] for v, lab in zip(sp.store_ids, sp.labels)])
+                 for s, sp in t.splits.items()}
+            sc = StandardScaler().fit(x["train"])
+            fits = [LogisticRegression(C=c, max_iter=500).fit(sc.transform(x["train"]), y["train"]) for c in grid]
+            best = max(fits, key=lambda f: f.score(sc.transform(x["val"]), y["val"]))
+            out.setdefault(task, {})[name] = round(100 * best.score(sc.transform(x["test"]), y["test"]), 1)
+    return out
+
+
 def _cells(summary: dict[str, Any], suffix: str = "") -> dict[str, dict[str, Any]]:
     return {task: {f"{m}{suffix}": {k: r["metrics"][k] for k in METRICS} for m, r in rows.items()}
             for task, rows in summary["results"].items()}
@@ -233,6 +290,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         times["random_init_probe_s"] = round(time.perf_counter() - t, 1)
         for task, rows in _cells(control, "(random_init)").items():
             results[task].update(rows)
+    t = time.perf_counter()
+    ckpts = {"lvmae": dense.probe.checkpoint, **({"random_init": str(out / "random_init")} if a.control else {})}
+    probes = readout(dense, ckpts)
+    times["readout_s"] = round(time.perf_counter() - t, 1)
     g = gains(results)
     return {
         "hardware": _bench.hardware(), "versions": _bench.versions(), "time_utc": _bench.now_utc(),
@@ -242,13 +303,20 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "config": {"synth": dataclasses.asdict(cfg.synth), "model": dataclasses.asdict(cfg.model),
                    "train_steps": cfg.train.steps, "probe": dataclasses.asdict(dense.probe)},
         "stage_fingerprints": stage_fingerprints(cfg, out),
+        "pretrain": _pretrain_summary(out),
         "tasks": {t: {k: v for k, v in info.items() if k in ("num_classes", "n", "segments", "grid")}
                   for t, info in main["tasks"].items()},
         "seconds": {**times, "total_s": round(time.perf_counter() - t0, 1)},
-        "results": results, "gains_lvmae_minus_raw_linear": g,
+        "results": results, "gains_lvmae_minus_raw_linear": g, "readout": probes,
         "targets": targets(g),
         "plots": sorted(str(p) for p in (out / "dense" / "plots").glob("*.png")),
     }
+
+
+def _pretrain_summary(out: Path) -> dict[str, Any]:
+    path = out / "pretrain" / "summary.json"
+    s = json.loads(path.read_text()) if path.is_file() else {}
+    return {k: s[k] for k in ("steps", "first_loss", "final_loss") if k in s}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -264,15 +332,31 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"| {m} | " + " | ".join(f"{cells[k]['mean']:.1f} ± {cells[k]['std']:.1f}" for k in METRICS)
                          + " |")
         lines.append("")
+    if result.get("readout"):
+        probes = result["readout"]
+        tasks = list(probes)
+        lines += ["Where each task is linearly readable: test segment accuracy of a per-segment logistic "
+                  "regression on the raw segments and on each encoder block's output (`tokens`: after the "
+                  "final LayerNorm, what the probes read):", "",
+                  "| features | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [f"| {f} | " + " | ".join(f"{probes[t][f]:.1f}" for t in tasks) + " |" for f in probes[tasks[0]]]
+        lines.append("")
     g = result["gains_lvmae_minus_raw_linear"]
     lines += ["LV-MAE tokens minus raw segment features (per-token linear heads, points): "
               + ", ".join(f"{k} {v:+.1f}" for k, v in g.items()) + ".", "",
+              *(f"- {q}: {'met' if ok else 'not met'}" for q, ok in result["targets"].items()), "",
               f"Mean ± std over probe seeds {result['config']['probe']['seeds']}; one pretraining run "
-              f"({result['config']['train_steps']} steps), {result['config']['synth']['num_videos']} videos. "
+              f"({result['config']['train_steps']} steps{_loss(result)}), {result['config']['synth']['num_videos']} "
+              "videos. "
               f"{hw['cpu']}, {hw['cores']} cores, torch {result['versions'].get('torch')}; "
-              f"{result['seconds']['total_s']:.0f} s this run (work done by earlier runs is skipped). Regenerate: `{result['command']}`, then "
+              f"{result['seconds']['total_s']:.0f} s this run (stages done before under the same settings are skipped). Regenerate: `{result['command']}`, then "
               "`python tools/bench_dense.py --render JSON`."]
     return "\n".join(lines) + "\n"
+
+
+def _loss(result: dict[str, Any]) -> str:
+    p = result.get("pretrain") or {}
+    return f", masked-segment loss {p['first_loss']:.2f} -> {p['final_loss']:.2f}" if "final_loss" in p else ""
 
 
 def main() -> None:

@@ -220,7 +220,8 @@ def _run_fits(cfg: Config, tasks: dict[str, MatchedDenseTask], methods: list[Met
     return results
 
 
-def _prepare(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedDenseTask], Any, str]:
+def prepare_dense(cfg: Config) -> tuple[FeatureStore, dict[str, MatchedDenseTask], Any, str]:
+    """The store, its matched dense tasks (labels on the segment grid), the matching report and the benchmark name."""
     pc = cfg.probe
     store, usable = open_probe_store(pc)
     labels = load_dense(pc.benchmark, pc.labels, list(pc.tasks))
@@ -247,7 +248,7 @@ def run_dense(cfg: Config, encoder: nn.Module | None = None) -> dict[str, Any]:
     device = resolve_device(cfg.run.device)
     methods, skipped = select_methods(list(pc.dense_methods), encoder is not None or bool(pc.checkpoint),
                                       DENSE_METHODS, "probe.dense_methods")
-    store, tasks, report, bench = _prepare(cfg)
+    store, tasks, report, bench = prepare_dense(cfg)
     ids = sorted({sid for t in tasks.values() for sp in t.splits.values() for sid in sp.store_ids})
     banks = {"raw": load_bank(store, ids, list(pc.modalities), pc.max_len, cfg.run.progress)}
     digest = ""
