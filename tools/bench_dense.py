@@ -1,9 +1,10 @@
 """Dense probing on synthetic step timelines: do LV-MAE tokens know what a segment alone does not?
 
-One run, CPU, a few minutes: synthetic long videos with the ``script`` task (filler steps
-follow a cycle forwards or backwards and the direction turns once or twice mid-video), the
-demo's extraction (EfficientNet-Lite0, 2 frames per 5-s segment) and its tiny LV-MAE recipe
-(pretrained here on these videos), then dense probes (``probe.dense``) on two tasks:
+One run, CPU, a few minutes: the demo recipe (``-c demo``: its videos, EfficientNet-Lite0
+extraction and tiny LV-MAE, pretrained here) with the ``script`` task added to the videos
+(filler steps follow a cycle forwards or backwards and the direction turns once or twice
+mid-video) and probe settings of its own (``OVERRIDES``), then dense probes (``probe.dense``)
+on two tasks:
 
 - ``script``: the direction in force at each segment. It never changes how a segment looks
   (only the order of neighbouring steps shows it), so a per-segment probe on raw features is
@@ -356,7 +357,7 @@ def render(result: dict[str, Any]) -> str:
 
 def _loss(result: dict[str, Any]) -> str:
     p = result.get("pretrain") or {}
-    return f", masked-segment loss {p['first_loss']:.2f} -> {p['final_loss']:.2f}" if "final_loss" in p else ""
+    return f", pretraining loss {p['first_loss']:.2f} -> {p['final_loss']:.2f}" if "final_loss" in p else ""
 
 
 def main() -> None:
