@@ -44,9 +44,9 @@ def test_cpu_forwards_go_in_chunks_with_the_same_outputs(frame_level):
     torch.testing.assert_close(out, want)
 
 
-def test_a_run_trims_the_heap_and_keeps_rows_that_own_their_memory(tmp_path, monkeypatch):
+def test_a_run_trims_the_heap_and_keeps_rows_in_one_array_per_modality(tmp_path, monkeypatch):
     video = make_video(tmp_path / "v.mp4", seconds=30)
-    trims, rows = [], []
+    trims, buffers = [], []
     monkeypatch.setattr(api, "TRIM_EVERY_S", 0.0)
     monkeypatch.setattr(api, "release_heap", lambda: trims.append(1) or True)
     write = api._Run._maybe_write
@@ -54,14 +54,16 @@ def test_a_run_trims_the_heap_and_keeps_rows_that_own_their_memory(tmp_path, mon
     def spy(self, job):
         v = self.videos.get(job)
         if v is not None and v.complete:
-            rows.extend(r for seg in v.rows.values() for r in seg.values())
+            buffers.append(v.buffers)
         write(self, job)
 
     monkeypatch.setattr(api._Run, "_maybe_write", spy)
     cfg = ExtractConfig(encoder=EncoderConfig(vision="tiny", batch_frames=16))  # 2 segments a batch
     summary = api.extract([str(video)], tmp_path / "store", cfg, progress=False)
     assert summary["segments"] == 6 and len(trims) >= 2
-    assert rows and all(r.base is None for r in rows)  # a view would keep its whole batch alive
+    # one block per modality, not one small array per segment kept until the video is written
+    assert len(buffers) == 1 and set(buffers[0]) == {"vision", "audio"}
+    assert all(b.base is None and len(b) >= 6 for b in buffers[0].values())
 
 
 def test_release_heap_works_here():

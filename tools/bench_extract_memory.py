@@ -6,17 +6,20 @@
 Each length gets one generated h264 + aac video (moving noise, ``--size``, ``--fps``) and a
 fresh ``lvmae extract VIDEO --out STORE`` process with the default encoders; the process's
 resident memory (``VmRSS``) and live threads are sampled every 50 ms, and the peak RSS is
-also read from ``getrusage`` after it exits. Prints (and with ``--out`` writes) one JSON
-object: per length the peaks, the segments and the wall time, and ``rss_over_shortest_mb``,
-each peak minus the shortest video's.
+also read from the kernel (``wait4``) when it exits. The videos are generated in a separate
+process: a child's kernel peak starts from its parent's high-water mark (fork + exec), so
+generating a long video here would show up as the extraction's peak. Prints (and with
+``--out`` writes) one JSON object: per length the peaks, the segments and the wall time, and
+``rss_over_shortest_mb`` (``kernel_peak_over_shortest_mb``): each sampled (kernel) peak minus
+the shortest video's. :func:`render` makes the table of docs/reliability.md from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,18 +43,54 @@ def measure(video: Path, store: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "lvmae.cli", "extract", str(video), "--out", str(store), "--no-progress",
            "--json", *extra]
     tic = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak_rss = peak_threads = 0.0
-    while p.poll() is None:
-        rss, threads = _status(p.pid)
-        peak_rss, peak_threads = max(peak_rss, rss), max(peak_threads, threads)
-        time.sleep(0.05)
-    out, err = p.communicate()
-    if p.returncode != 0:
-        raise SystemExit(f"extract failed ({p.returncode}): {err[-2000:]}")
-    summary = json.loads(out)
-    return {"sampled_peak_rss_mb": round(peak_rss, 1), "peak_threads": int(peak_threads),
-            "segments": summary["segments"], "wall_s": round(time.perf_counter() - tic, 1)}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        peak_rss = peak_threads = 0.0
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)  # this child's own rusage, once it exits
+            if pid:
+                break
+            rss, threads = _status(p.pid)
+            peak_rss, peak_threads = max(peak_rss, rss), max(peak_threads, threads)
+            time.sleep(0.05)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if p.returncode != 0:
+            raise SystemExit(f"extract failed ({p.returncode}): {err.read()[-2000:]}")
+        summary = json.loads(out.read())
+    return {"sampled_peak_rss_mb": round(peak_rss, 1), "getrusage_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "peak_threads": int(peak_threads), "segments": summary["segments"],
+            "wall_s": round(time.perf_counter() - tic, 1)}
+
+
+def _over(rows: list[dict], key: str) -> dict[str, float]:
+    """``{minutes: peak - the first (shortest) video's peak}`` in MB."""
+    return {f"{r['minutes']:g}": round(r[key] - rows[0][key], 1) for r in rows}
+
+
+def make_video(d: Path, seconds: float, size: tuple[int, int], fps: int) -> Path:
+    """One generated video, made in a fresh process so that this one stays small (see the docstring)."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(make_videos, (d, 1, seconds, size, fps))[0]
+
+
+def render(doc: dict) -> str:
+    """The docs' table of one run (tools/render_docs.py kind ``bench_extract_memory``)."""
+    hw, v = doc["hardware"], doc["versions"]
+    minutes = " ".join(f"{r['minutes']:g}" for r in doc["runs"])
+    lines = [f"`python tools/bench_extract_memory.py --minutes {minutes}` on {hw['cpu']}, {hw['cores']} cores, "
+             f"{hw['torch_threads']} torch thread(s), torch {v['torch']}, PyAV {v['av']}; generated {doc['size']} "
+             f"{doc['fps']}-fps h264 + aac videos, default encoders:", "",
+             "| video | segments | peak RSS (sampled) | peak RSS (kernel) | kernel peak over the shortest | threads | wall |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    over = doc.get("kernel_peak_over_shortest_mb", {})
+    for r in doc["runs"]:
+        kernel = r.get("getrusage_peak_rss_mb")
+        extra = over.get(f"{r['minutes']:g}")
+        lines.append(f"| {r['minutes']:g} min | {r['segments']} | {r['sampled_peak_rss_mb']:.0f} MB | "
+                     f"{f'{kernel:.0f} MB' if kernel is not None else '-'} | "
+                     f"{f'{extra:+.0f} MB' if extra is not None else '-'} | {r['peak_threads']} | {r['wall_s']:.0f} s |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -68,19 +107,14 @@ def main() -> None:
         for minutes in args.minutes:
             d = Path(tmp) / f"m{minutes:g}"
             d.mkdir()
-            video = make_videos(d, 1, minutes * 60, (w, h), args.fps)[0]
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            video = make_video(d, minutes * 60, (w, h), args.fps)
             row = {"minutes": minutes, **measure(video, d / "store", args.overrides)}
-            after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            # ru_maxrss of children is the largest so far: only a new maximum is this run's own
-            row["getrusage_peak_rss_mb"] = round(after / 1024, 1) if after > before else None
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    base = rows[0]["sampled_peak_rss_mb"]
     result = {"tool": "bench_extract_memory", "hardware": hardware(), "versions": versions(),
               "size": args.size, "fps": args.fps, "overrides": args.overrides, "cpu_count": os.cpu_count(),
-              "runs": rows, "rss_over_shortest_mb": {f"{r['minutes']:g}": round(r["sampled_peak_rss_mb"] - base, 1)
-                                                      for r in rows}}
+              "runs": rows, "rss_over_shortest_mb": _over(rows, "sampled_peak_rss_mb"),
+              "kernel_peak_over_shortest_mb": _over(rows, "getrusage_peak_rss_mb")}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -72,12 +72,17 @@ def render_synth_bench(doc: dict) -> str:
 def render_demo_seeds(doc: dict) -> str:
     acc = doc["accuracy"]
     methods = list(dict.fromkeys(m for rows in acc.values() for m in rows))
-    lines = [f"`python tools/demo_seeds.py --seeds {' '.join(map(str, doc['seeds']))}` on {_machine(doc)} "
+    shown = [o for o in doc.get("overrides", []) if not o.startswith("run.progress")]
+    cmd = " ".join(["python tools/demo_seeds.py --seeds", *map(str, doc["seeds"]), *shown])
+    lines = [f"`{cmd}` on {_machine(doc)} "
              "(test top-1 %, mean ± std over data seeds; `(random_init)`: an untrained LV-MAE):", "",
              "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for task, rows in acc.items():
         cells = [f"{rows[m]['mean']:.1f} ± {rows[m]['std']:.1f}" if m in rows else "" for m in methods]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if doc.get("targets"):
+        gaps = ", ".join(f"{t} {v['lvmae_minus_raw_mean']:+.1f} ({v['best_lvmae']})" for t, v in doc["targets"].items())
+        lines += ["", f"Best pretrained LV-MAE probe minus raw mean pooling, points: {gaps}."]
     return "\n".join(lines)
 
 
@@ -93,10 +98,16 @@ def render_bench_dense(doc: dict) -> str:
     return render(doc)
 
 
+def render_bench_extract_memory(doc: dict) -> str:
+    from bench_extract_memory import render
+
+    return render(doc)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "demo": render_demo, "bench_model": render_bench_model, "bench_memory": render_bench_memory,
     "synth_bench": render_synth_bench, "demo_seeds": render_demo_seeds, "bench_length": render_bench_length,
-    "bench_dense": render_bench_dense,
+    "bench_dense": render_bench_dense, "bench_extract_memory": render_bench_extract_memory,
 }
 
 

@@ -152,19 +152,38 @@ def _rows(t: Any, n: int, enc: Encoder) -> np.ndarray:
 
 @dataclass
 class _Video:
-    """A video whose segments are being encoded (rows arrive out of order, across batches)."""
+    """A video whose segments are being encoded (rows arrive out of order, across batches).
+
+    Rows go into one ``[capacity, D]`` float32 array per modality, doubled when full, not
+    into one small array per segment: those, kept until the video is written, lay scattered
+    among the encoder's freed tensors and kept the heap from shrinking (the peak crept up
+    with the video's length).
+    """
 
     item: VideoItem
-    rows: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     expected: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: set[int] = field(default_factory=set)
+
+    def put(self, index: int, rows: Mapping[str, np.ndarray]) -> None:
+        """Row ``index`` of every modality (``{modality: [D]}``)."""
+        for m, row in rows.items():
+            buf = self.buffers.get(m)
+            if buf is None or index >= len(buf):
+                grown = np.zeros((max(index + 1, 2 * len(buf) if buf is not None else 64), len(row)), np.float32)
+                if buf is not None:
+                    grown[: len(buf)] = buf
+                self.buffers[m] = buf = grown
+            buf[index] = row
+        self.filled.add(index)
 
     @property
     def complete(self) -> bool:
-        return self.expected is not None and len(self.rows) >= self.expected
+        return self.expected is not None and len(self.filled) >= self.expected
 
     def arrays(self, mods: list[str]) -> dict[str, np.ndarray]:
-        return {m: np.stack([self.rows[i][m] for i in range(self.expected or 0)]) for m in mods}
+        return {m: self.buffers[m][: self.expected or 0] for m in mods}
 
 
 @dataclass
@@ -474,7 +493,7 @@ class _Run:
             return
         rows = encode_segments(self.ex.encoders, [s for _, s in self.batch])
         for r, (job, seg) in enumerate(self.batch):
-            self.videos[job].rows[seg.index] = {m: rows[m][r].copy() for m in rows}  # not views of the batch
+            self.videos[job].put(seg.index, {m: rows[m][r] for m in rows})
         jobs = {job for job, _ in self.batch}
         self.encoded += len(self.batch)
         self.bar.segments([job for job, _ in self.batch])
