@@ -5,7 +5,7 @@ Generates a few videos, then (same run) decodes them as a baseline for speed, em
 (mean over frames, as extraction does) and fits a logistic regression on the segments
 of half the videos to predict each segment's step type on the other half.
 
-    python tools/synth_bench.py --videos 12 --fps 2 --size 96
+    python tools/synth_bench.py --videos 12 --fps 1 --size 96
 
 Prints one JSON object: hardware, config, seconds per video-minute (generate vs decode,
 wall and CPU), held-out step-type accuracy (chance = 1 / number of types seen) and
@@ -57,9 +57,9 @@ def encoder():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=12)
-    ap.add_argument("--fps", type=int, default=2)
+    ap.add_argument("--fps", type=int, default=1)
     ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--frames", type=int, default=2, help="frames per segment fed to the encoder")
+    ap.add_argument("--frames", type=int, default=1, help="frames per segment fed to the encoder")
     ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args()
 
