@@ -15,13 +15,18 @@ held-out accuracy of the scene state of filler segments (what the order task nee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import hardware, now_utc, versions  # noqa: E402
 
 
 def decode_segments(path: str, fps: int, seg_frames: int, frames: int) -> np.ndarray:
@@ -82,7 +87,8 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         clips = [decode_segments(str(video_path(tmp, p.video_id)), cfg.fps, seg_frames, a.frames) for p in plans]
         dec_wall, dec_cpu = time.perf_counter() - t0, time.process_time() - c0
-    embed = encoder()
+    with contextlib.redirect_stdout(sys.stderr):  # the weights loader prints; stdout carries only the JSON
+        embed = encoder()
     t0 = time.perf_counter()
     feats = [embed(c.reshape(-1, *c.shape[2:])).reshape(len(c), a.frames, -1).mean(1) for c in clips]
     enc_wall = time.perf_counter() - t0
@@ -98,8 +104,7 @@ def main() -> None:
     state_clf = LogisticRegression(max_iter=2000).fit(x_tr[fill_tr], s_tr)
     n_frames = sum(len(c) for c in clips) * a.frames
     print(json.dumps({
-        "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                     "torch_threads": torch.get_num_threads()},
+        "hardware": hardware(), "versions": versions(), "time_utc": now_utc(),
         "config": {"videos": a.videos, "fps": a.fps, "size": a.size, "frames_per_segment": a.frames,
                    "segments": int(sum(len(t) for t in types)), "video_minutes": minutes},
         "generate_s_per_video_minute": {"wall": summary["seconds_per_video_minute"],
