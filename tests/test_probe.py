@@ -353,6 +353,30 @@ def test_fit_head_stops_early_and_reads_test_once(monkeypatch):
     assert again.history == res.history and again.test == pytest.approx(100.0 - res.test)
 
 
+def test_early_stopping_waits_while_the_train_loss_is_that_of_a_constant_guess():
+    from lvmae.probe.fit import best_epochs
+
+    def run(losses, vals):
+        it = iter(zip(losses, vals))
+        cur = {}
+        head = LinearProbe(3, 2)
+        st = TrainSettings(epochs=len(vals), batch_size=8, warmup_epochs=0, patience=3)
+
+        def train(lrs):
+            cur["loss"], cur["val"] = next(it)
+            return cur["loss"]
+
+        _, history = best_epochs(head, st, 1, train, lambda: cur["val"], lambda a, b: a > b, chance_loss=0.69)
+        return len(history)
+
+    # val at chance from epoch 0, train loss at the constant guess's until epoch 12, then it learns:
+    # patience counts from epoch 12, so the stop comes at 15 (the plain rule stopped at 10)
+    assert run([0.7] * 12 + [0.5] * 8, [50.0] * 20) == 16
+    assert run([0.7] * 20, [50.0] * 20) == 20  # never left the plateau: the whole schedule
+    assert run([0.5] * 20, [50.0, 60.0] + [55.0] * 18) == 11  # learnt, no better val: stops 3 after the best
+    assert run([0.5] * 20, [50.0] * 20) == 11  # below the guess's loss from the start: the plain rule
+
+
 def test_fit_head_picks_the_learning_rate_on_val(monkeypatch):
     from lvmae.probe import fit
 
