@@ -153,9 +153,13 @@ def train_head(
         lambda lrs: _train_epoch(head, bank, rows["train"], y_train, reg, opt, lrs, gen, st.batch_size, device),
         lambda: score(spec, _predict_units(head, bank, rows["val"], spec, st.batch_size * 4, device, mu, sd), y["val"]),
         lambda a, b: better(spec, a, b),
-        # a constant guess: uniform over the classes, or the (standardised) train mean
-        math.log(spec.num_classes) if not reg else 1.0,
+        # clearly below a constant guess's loss (uniform over the classes, or the standardised train
+        # mean): a plateau's loss wanders around that value (0.65-0.77 against log 2 = 0.69)
+        PLATEAU * (math.log(spec.num_classes) if not reg else 1.0),
     )
+
+
+PLATEAU = 0.9  # a head has left its initial plateau once its train loss is below this share of a constant guess's
 
 
 def best_epochs(
