@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench  # noqa: E402
 
+from lvmae.demo import STAGE_SECTIONS  # noqa: E402
+
 OVERRIDES = [
     "synth.tasks=[script,count,appearance]",
     "synth.num_videos=200",
@@ -71,12 +73,13 @@ def configs(out: Path, overrides: list[str], tasks: tuple[str, ...] = ("script",
     return cfg, dense
 
 
-# Each stage: the config sections its output depends on, and the directories (under --out) it writes.
-# A stage's fingerprint chains those of the stages before it, so a redone stage redoes every later one.
+# Each stage: the config sections its output depends on (the demo's, whose stages these are), and the
+# directories (under --out) it writes. A stage's fingerprint chains those of the stages before it, so a
+# redone stage redoes every later one.
 STAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "synth": (("synth",), ("synth",)),
-    "extract": (("extract",), ("features",)),
-    "pretrain": (("run", "model", "masking", "data", "optim", "deepspeed", "train"), ("pretrain", "random_init")),
+    "synth": (STAGE_SECTIONS["synth"], ("synth",)),
+    "extract": (STAGE_SECTIONS["extract"], ("features",)),
+    "pretrain": (STAGE_SECTIONS["pretrain"], ("pretrain", "random_init")),
     "probe": ((), ("dense", "dense_random_init")),  # fits carry their own fingerprints (progress.jsonl)
 }
 RUN_IGNORED = ("out_dir", "progress", "loggers", "wandb_project")  # change no number
