@@ -119,6 +119,9 @@ def _target_scale(spec: TaskSpec, y_train: np.ndarray) -> tuple[float, float]:
     return float(y_train.mean()), float(y_train.std()) or 1.0
 
 
+PLATEAU = 0.9  # a head has left its initial plateau once its train loss is below this share of a constant guess's
+
+
 def train_head(
     head: nn.Module,
     bank: SequenceBank,
@@ -132,11 +135,10 @@ def train_head(
     """Train ``head`` on ``rows['train']`` with AdamW at ``st.lr``; leave it at its best-``val`` weights.
 
     Returns the best epoch's record and the per-epoch history (train loss, val metric).
-    Stops after ``st.patience`` epochs without a better val metric (0: never), but not
-    in the first half of the schedule, nor while the train loss is still that of a constant
-    guess: an attentive head can sit at chance for half its epochs before it finds the
-    segments that matter (the demo's order task: from epoch ~40 of 100; stopped at 50, as
-    before this rule, two of three probe seeds stayed at chance).
+    Early stopping as in :func:`best_epochs`, with the constant guess's loss as the plateau:
+    an attentive head can sit at chance for half its epochs before it finds the segments that
+    matter (the demo's order task: from epoch ~40 of 100; stopped at 50, two of three probe
+    seeds had stayed at chance).
     The test split is not touched.
     """
     n = len(rows["train"])
@@ -157,9 +159,6 @@ def train_head(
         # mean): a plateau's loss wanders around that value (0.65-0.77 against log 2 = 0.69)
         PLATEAU * (math.log(spec.num_classes) if not reg else 1.0),
     )
-
-
-PLATEAU = 0.9  # a head has left its initial plateau once its train loss is below this share of a constant guess's
 
 
 def best_epochs(
