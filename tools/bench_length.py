@@ -22,6 +22,7 @@ tables (mean ± std over seeds, ratio to the loss at L) and writes a PNG beside 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -71,19 +72,46 @@ def variant_overrides(name: str) -> list[str]:
     return [f"{k}={val}" for k, val in {**EXPLICIT, **v}.items()]
 
 
-def make_data(root: Path, train_lengths: list[int], args: argparse.Namespace) -> dict[str, str]:
-    from lvmae.synth.features import FeatureSynthConfig, generate
+def synth_config(train_lengths: list[int], args: argparse.Namespace, **changes: Any) -> Any:
+    """The benchmark's feature-synth settings (one world: seed 0), with ``changes`` applied."""
+    from lvmae.synth.features import FeatureSynthConfig
 
-    cfg = FeatureSynthConfig(num_videos=args.videos, length=[min(64, 2 * max(train_lengths)), 8 * max(train_lengths)],
-                             val_videos=args.val_videos, val_length=64 * max(train_lengths),
-                             probe_videos=args.probe_videos, probe_length=16 * min(train_lengths), seed=0)
-    return generate(cfg, root) | {"synth": json.dumps(cfg.__dict__)}
+    longest = max(train_lengths)
+    cfg = FeatureSynthConfig(num_videos=args.videos, length=[min(64, 2 * longest), 8 * longest],
+                             val_videos=args.val_videos, val_length=64 * longest, probe_videos=args.probe_videos,
+                             probe_length=16 * min(train_lengths), seed=0)
+    return dataclasses.replace(cfg, **changes)
 
 
-def run_overrides(data: dict[str, str], variant: str, length: int, seed: int, out: Path,
-                  args: argparse.Namespace) -> list[str]:
-    """The ``-c tiny`` overrides of one run."""
-    lengths = [m * length for m in MULTIPLES[1:]]
+def make_data(root: Path, train_lengths: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Pretraining and validation stores, and one labelled probe store per probe length
+    (``probes[n]``: videos of ``n`` segments, the same world and tasks)."""
+    from lvmae.synth.features import generate
+
+    cfg = synth_config(train_lengths, args)
+    data: dict[str, Any] = generate(cfg, root) | {"synth": json.dumps(cfg.__dict__)}
+    data["probes"] = {cfg.probe_length: {"labels": data["labels"], "probe": data["probe"]}}
+    for m in args.probe_multiples:
+        n = m * min(train_lengths)
+        if n not in data["probes"]:
+            data["probes"][n] = generate(dataclasses.replace(cfg, probe_length=n), root / f"probe{n}", pretrain=False)
+    return data
+
+
+def make_oracle_data(root: Path, train_lengths: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Pretraining videos of 16L..32L segments (same world) for the oracle trained on 16L crops."""
+    from lvmae.synth.features import generate
+
+    n = 16 * min(train_lengths)
+    cfg = synth_config(train_lengths, args, num_videos=max(8, args.videos // 2), length=[n, 2 * n],
+                       val_videos=max(1, args.val_videos // 2), val_length=n, probe_videos=2, probe_length=20)
+    return generate(cfg, root, tasks=("link",))
+
+
+def run_overrides(data: dict[str, Any], variant: str, length: int, seed: int, out: Path,
+                  args: argparse.Namespace, eval_lengths: list[int] | None = None) -> list[str]:
+    """The ``-c tiny`` overrides of one run (validated at ``eval_lengths``, default 2L .. 64L)."""
+    lengths = [m * length for m in MULTIPLES[1:]] if eval_lengths is None else eval_lengths
     return [
         f"data.stores=[{data['pretrain']}]", f"data.val_stores=[{data['val']}]",
         f"data.min_len={max(2, length // 4)}", f"data.max_len={length}",
@@ -95,8 +123,8 @@ def run_overrides(data: dict[str, str], variant: str, length: int, seed: int, ou
     ]
 
 
-def train_one(data: dict[str, str], variant: str, length: int, seed: int, out: Path,
-              args: argparse.Namespace) -> dict[str, Any]:
+def train_one(data: dict[str, Any], variant: str, length: int, seed: int, out: Path,
+              args: argparse.Namespace, eval_lengths: list[int] | None = None) -> dict[str, Any]:
     """One pretraining run; returns its held-out losses by length and its wall time."""
     from lvmae.config import load_config
     from lvmae.io import atomic_write_json
@@ -104,7 +132,7 @@ def train_one(data: dict[str, str], variant: str, length: int, seed: int, out: P
     from lvmae.train.loop import pretrain
     from lvmae.train.metrics import read_metrics
 
-    overrides = run_overrides(data, variant, length, seed, out, args)
+    overrides = run_overrides(data, variant, length, seed, out, args, eval_lengths)
     cfg = load_config([find("tiny")], overrides)
     done = out / "bench_run.json"  # a finished run of the same settings is reused (the sweep resumes)
     if done.is_file() and json.loads(done.read_text())["overrides"] == overrides:
@@ -122,32 +150,57 @@ def train_one(data: dict[str, str], variant: str, length: int, seed: int, out: P
             "final_train_loss": last.get("train/loss"), "export": str(out / "export")}
 
 
-def probe_one(data: dict[str, str], run: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Long-range probe tasks at 16L: raw mean pool, LV-MAE on the whole video, LV-MAE on L-windows."""
+def probe_one(probe: dict[str, str], run: dict[str, Any], out: Path, args: argparse.Namespace,
+              window: int | None = None) -> dict[str, Any]:
+    """Long-range probe tasks on one probe store: raw mean pool and a raw attentive probe, LV-MAE on
+    the whole video and (``window``, default the training length, when the videos are longer) on
+    independent windows."""
     from lvmae.config import load_config
+    from lvmae.io import atomic_write_json
     from lvmae.probe import run_probe
 
     done = out / "bench_probe.json"
     if done.is_file():
         return json.loads(done.read_text())
+    window = run["train_length"] if window is None else window
     res: dict[str, Any] = {}
-    for window in (0, run["train_length"]):
+    for w in (0, window) if window else (0,):
+        raw = "raw_mean_sklearn,raw_attentive," if not w else ""
         cfg = load_config([], [
-            "probe.benchmark=generic", f"probe.labels={data['labels']}", f"probe.store={data['probe']}",
-            f"probe.checkpoint={run['export']}", f"run.out_dir={out / f'w{window}'}", "run.device=cpu",
+            "probe.benchmark=generic", f"probe.labels={probe['labels']}", f"probe.store={probe['probe']}",
+            f"probe.checkpoint={run['export']}", f"run.out_dir={out / f'w{w}'}", "run.device=cpu",
             "run.progress=false", f"probe.seeds=[{run['seed']}]", f"probe.epochs={args.probe_epochs}",
-            "probe.cache=false", f"probe.encode_window={window}",
-            f"probe.methods=[{'raw_mean_sklearn,' if not window else ''}lvmae_linear,lvmae_attentive]",
+            "probe.cache=false", f"probe.encode_window={w}", f"probe.methods=[{raw}lvmae_linear,lvmae_attentive]",
         ])
         summary = run_probe(cfg)
         for task, rows in summary["results"].items():
             for method, r in rows.items():
-                name = method if not window or method.startswith("raw") else f"{method}_windowed"
+                name = method if not w or method.startswith("raw") else f"{method}_windowed"
                 res.setdefault(task, {})[name] = r["mean"]
-    from lvmae.io import atomic_write_json
-
     atomic_write_json(done, res)
     return res
+
+
+def probe_lengths(run: dict[str, Any], data: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``{probe length: probe_one(..)}`` at every ``--probe-multiples`` of the training length."""
+    res = {}
+    for m in args.probe_multiples:
+        n = m * run["train_length"]
+        res[str(n)] = probe_one(data["probes"][n], run, out / ("probe" if m == 16 else f"probe{n}"), args,
+                                window=run["train_length"] if n > run["train_length"] else 0)
+    return res
+
+
+def oracle(root: Path, data: dict[str, Any], length: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``default`` pre-trained on crops as long as the 16L probe videos, probed on them whole: is
+    the probe task reachable at all when no length generalisation is asked for?"""
+    n = 16 * length
+    odata = make_oracle_data(root / "data_oracle", [length], args)
+    run = train_one(odata, "default", n, seed, root / "runs" / f"oracle-L{n}-s{seed}", args, eval_lengths=[])
+    run |= {"variant": "default-oracle", "train_length": n, "probe_length": n}
+    run["probe_by_length"] = {str(n): probe_one(data["probes"][n], run, root / "runs" / f"oracle-L{n}-s{seed}" / "probe",
+                                                args, window=0)}
+    return run
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,12 +214,14 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 out = root / "runs" / f"{variant}-L{length}-s{seed}"
                 r = train_one(data, variant, length, seed, out, args)
                 if args.probe and length == min(args.train_lengths) and variant in args.probe:
-                    r["probe"] = probe_one(data, r, out / "probe", args)
+                    r["probe_by_length"] = probe_lengths(r, data, out, args)
+                    r["probe"] = r["probe_by_length"].get(str(16 * length), {})
                 runs.append(r)
                 print(f"[{len(runs)}/{total}] {variant} L={length} seed={seed}: "
                       + " ".join(f"{k}:{v:.3f}" for k, v in r["loss"].items()) + f" ({r['wall_s']} s)",
                       file=sys.stderr, flush=True)
-    return {"benchmark": "length", "hardware": hardware(), "versions": versions(),
+    oracles = [oracle(root, data, min(args.train_lengths), seed, args) for seed in args.seeds] if args.oracle else []
+    return {"benchmark": "length", "hardware": hardware(), "versions": versions(), "oracle_runs": oracles,
             "settings": {k: v for k, v in vars(args).items() if k not in ("render", "out")},
             "data": json.loads(data["synth"]), "variants": {v: variant_overrides(v) for v in args.variants},
             "runs": runs}
@@ -181,12 +236,14 @@ def command_of(result: dict[str, Any]) -> str:
                 f"--lengths {' '.join(map(str, ns[1:]))} --scales {' '.join(m)} --out OUT.json")
     st = result["settings"]
     parts = ["python tools/bench_length.py --out OUT.json"]
-    for key in ("train_lengths", "variants", "seeds", "probe"):
+    for key in ("train_lengths", "variants", "seeds", "probe", "probe_multiples"):
         if st.get(key):
             parts.append(f"--{key.replace('_', '-')} " + " ".join(map(str, st[key])))
     for key in ("steps", "micro_batch", "videos", "val_videos", "eval_windows", "probe_videos", "probe_epochs"):
         if key in st:
             parts.append(f"--{key.replace('_', '-')} {st[key]}")
+    if st.get("oracle"):
+        parts.append("--oracle")
     return " ".join(parts)
 
 
@@ -213,13 +270,26 @@ def aggregate(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     return out
 
 
-def _probe_means(rs: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
-    table: dict[str, dict[str, list[float]]] = {}
+def _probe_means(rs: list[dict]) -> dict[int, dict[str, dict[str, tuple[float, float]]]]:
+    """``{probe length: {task: {method: (mean, std over runs)}}}`` (older JSON: ``probe`` at 16L)."""
+    table: dict[int, dict[str, dict[str, list[float]]]] = {}
     for r in rs:
-        for task, methods in r.get("probe", {}).items():
-            for m, v in methods.items():
-                table.setdefault(task, {}).setdefault(m, []).append(v)
-    return {t: {m: _mean_std(v) for m, v in ms.items()} for t, ms in table.items()}
+        by_length = r.get("probe_by_length") or ({str(16 * r["train_length"]): r["probe"]} if r.get("probe") else {})
+        for n, tasks in by_length.items():
+            for task, methods in tasks.items():
+                for m, v in methods.items():
+                    table.setdefault(int(n), {}).setdefault(task, {}).setdefault(m, []).append(v)
+    return {n: {t: {m: _mean_std(v) for m, v in ms.items()} for t, ms in tasks.items()}
+            for n, tasks in sorted(table.items())}
+
+
+def _probe_table(title: str, tasks: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    methods = sorted({m for ms in tasks.values() for m in ms})
+    lines = [title, "", "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for task, ms in tasks.items():
+        lines.append(f"| {task} | " + " | ".join(f"{ms[m][0]:.1f} ± {ms[m][1]:.1f}" if m in ms else "–"
+                                                 for m in methods) + " |")
+    return [*lines, ""]
 
 
 def render_eval(result: dict[str, Any]) -> str:
@@ -257,16 +327,20 @@ def render(result: dict[str, Any], png: Path | None = None) -> str:
                 cells.append(f"{m:.3f} ± {s:.3f}" + ("" if n == length else f" ({rm:.2f}x)"))
             lines.append(f"| {k[0]} | {agg[k]['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
-        probes = {k[0]: agg[k]["probe"] for k in keys if agg[k]["probe"]}
-        for variant, tasks in probes.items():
-            lines += [f"Probe test accuracy (%, chance 50) at {16 * length} segments, {variant} trained at "
-                      f"{length}, mean ± std over model seeds (`_windowed`: the encoder applied to independent "
-                      f"{length}-segment windows):", "",
-                      "| task | " + " | ".join(sorted(next(iter(tasks.values())))) + " |",
-                      "|---|" + "---|" * len(next(iter(tasks.values())))]
-            for task, ms in tasks.items():
-                lines.append(f"| {task} | " + " | ".join(f"{ms[m][0]:.1f} ± {ms[m][1]:.1f}" for m in sorted(ms)) + " |")
-            lines.append("")
+        for k in keys:
+            for n, tasks in agg[k]["probe"].items():
+                lines += _probe_table(
+                    f"Probe test accuracy (%, chance 50) at {n} segments ({n // length}x), {k[0]} trained at {length}, "
+                    "mean ± std over model seeds" + (f" (`_windowed`: the encoder applied to independent {length}-segment "
+                                                     "windows)" if n > length else "") + ":", tasks)
+    oracles = result.get("oracle_runs") or []
+    if oracles:
+        n = oracles[0]["train_length"]
+        lines += _probe_table(
+            f"Oracle: `default` pre-trained on crops of up to {n} segments (the probe videos' length, so no "
+            f"length generalisation is asked), probe test accuracy (%) at {n} segments, mean ± std over "
+            f"{len(oracles)} model seeds (held-out loss at {n}: "
+            f"{_mean_std([o['loss'][str(n)] for o in oracles])[0]:.3f}):", _probe_means(oracles)[n])
     if png is not None:
         plot(agg, png)
     return "\n".join(lines)
@@ -331,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-videos", type=int, default=8)
     p.add_argument("--eval-windows", type=int, default=4)
     p.add_argument("--probe", nargs="*", default=[], help="variants to probe at 16L (default: none)")
+    p.add_argument("--probe-multiples", nargs="+", type=int, default=[16],
+                   help="probe at these multiples of the training length (1: at the training length itself)")
+    p.add_argument("--oracle", action="store_true",
+                   help="also pre-train default on crops of 16L and probe it at 16L (no length generalisation asked)")
     p.add_argument("--probe-videos", type=int, default=300)
     p.add_argument("--probe-epochs", type=int, default=60)
     p.add_argument("--quick", action="store_true", help="tiny smoke settings")
@@ -343,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.render)
         print(render(json.loads(path.read_text()), path.with_suffix(".png")))
         return 0
+    if args.probe and min(args.probe_multiples) * min(args.train_lengths) < 20:
+        p.error("probe videos need at least 20 segments: raise --probe-multiples or --train-lengths")
     if args.quick:
         args.steps, args.videos, args.seeds, args.probe_videos, args.probe_epochs = 10, 12, [0], 24, 3
         args.val_videos, args.eval_windows = 2, 1
