@@ -151,10 +151,9 @@ def train_one(data: dict[str, Any], variant: str, length: int, seed: int, out: P
 
 
 def probe_one(probe: dict[str, str], run: dict[str, Any], out: Path, args: argparse.Namespace,
-              window: int | None = None) -> dict[str, Any]:
+              window: int) -> dict[str, Any]:
     """Long-range probe tasks on one probe store: raw mean pool and a raw attentive probe, LV-MAE on
-    the whole video and (``window``, default the training length, when the videos are longer) on
-    independent windows."""
+    the whole video and (``window`` > 0) on independent windows of ``window`` segments."""
     from lvmae.config import load_config
     from lvmae.io import atomic_write_json
     from lvmae.probe import run_probe
@@ -162,7 +161,6 @@ def probe_one(probe: dict[str, str], run: dict[str, Any], out: Path, args: argpa
     done = out / "bench_probe.json"
     if done.is_file():
         return json.loads(done.read_text())
-    window = run["train_length"] if window is None else window
     res: dict[str, Any] = {}
     for w in (0, window) if window else (0,):
         raw = "raw_mean_sklearn,raw_attentive," if not w else ""
@@ -195,11 +193,11 @@ def oracle(root: Path, data: dict[str, Any], length: int, seed: int, args: argpa
     """``default`` pre-trained on crops as long as the 16L probe videos, probed on them whole: is
     the probe task reachable at all when no length generalisation is asked for?"""
     n = 16 * length
-    odata = make_oracle_data(root / "data_oracle", [length], args)
-    run = train_one(odata, "default", n, seed, root / "runs" / f"oracle-L{n}-s{seed}", args, eval_lengths=[])
+    out = root / "runs" / f"oracle-L{n}-s{seed}"
+    run = train_one(make_oracle_data(root / "data_oracle", [length], args), "default", n, seed, out, args,
+                    eval_lengths=[])
     run |= {"variant": "default-oracle", "train_length": n, "probe_length": n}
-    run["probe_by_length"] = {str(n): probe_one(data["probes"][n], run, root / "runs" / f"oracle-L{n}-s{seed}" / "probe",
-                                                args, window=0)}
+    run["probe_by_length"] = {str(n): probe_one(data["probes"][n], run, out / "probe", args, window=0)}
     return run
 
 
@@ -215,7 +213,6 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 r = train_one(data, variant, length, seed, out, args)
                 if args.probe and length == min(args.train_lengths) and variant in args.probe:
                     r["probe_by_length"] = probe_lengths(r, data, out, args)
-                    r["probe"] = r["probe_by_length"].get(str(16 * length), {})
                 runs.append(r)
                 print(f"[{len(runs)}/{total}] {variant} L={length} seed={seed}: "
                       + " ".join(f"{k}:{v:.3f}" for k, v in r["loss"].items()) + f" ({r['wall_s']} s)",
