@@ -9,6 +9,7 @@ preceded by the line ``<!-- not-run: REASON -->`` is skipped and listed here; a 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -140,3 +141,24 @@ def test_render_fills_a_block_from_json(tmp_path, monkeypatch):
                    "`lvmae demo` on x86, 2 cores, torch 2.13, 1 torch threads.\n<!-- end generated -->\nb\n")
     assert render_docs.render_text(new) == new
     assert "Not generated yet" in render_docs.render_text(text.replace("d.json", "missing.json"))
+
+
+def test_sweep_block_orders_runs_by_loss_weight_and_names_a_missing_file(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import render_docs
+
+    def run(weight, best, raw):
+        return json.dumps({"seeds": [0, 1], "hardware": {"cpu": "x86", "cores": 2}, "versions": {"torch": "2.13"},
+                           "config": {"model": {"visible_loss_weight": weight}},
+                           "targets": {"order": {"best_lvmae": "lvmae_attentive", "best_lvmae_mean": best,
+                                                 "raw_mean_sklearn": raw, "lvmae_minus_raw_mean": round(best - raw, 1)}}})
+
+    (tmp_path / "a.json").write_text(run(0.5, 80.0, 50.0))
+    (tmp_path / "b.json").write_text(run(0, 90.5, 50.0))
+    monkeypatch.setattr(render_docs, "ROOT", tmp_path)
+    new = render_docs.render_text("<!-- begin generated: demo_seeds_sweep a.json,b.json -->\n<!-- end generated -->\n")
+    rows = [line for line in new.splitlines() if line.startswith("| 0")]
+    assert rows == ["| 0 | 90.5 (+40.5, lvmae_attentive) |", "| 0.5 | 80.0 (+30.0, lvmae_attentive) |"]
+    assert "Raw mean pooling: order 50.0." in new
+    missing = render_docs.render_text("<!-- begin generated: demo_seeds_sweep a.json,c.json -->\n<!-- end generated -->\n")
+    assert "c.json missing" in missing and "a.json" not in missing.split("generated yet:")[1]

@@ -6,7 +6,8 @@ A generated block in a Markdown file is
     ...replaced by this tool...
     <!-- end generated -->
 
-where KIND names a renderer below and PATH (relative to the repository root) the JSON it reads.
+where KIND names a renderer below and PATH (relative to the repository root) the JSON it reads
+(comma-separated paths for the renderers that compare several runs).
 Figures in the docs thus always come from a saved tool output, with hardware and versions.
 
     python tools/render_docs.py                    # rewrite every generated block
@@ -86,6 +87,22 @@ def render_demo_seeds(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def render_demo_seeds_sweep(docs: list[dict]) -> str:
+    """One row per demo_seeds run, ordered by visible_loss_weight: best LV-MAE probe vs raw mean pooling per task."""
+    docs = sorted(docs, key=lambda d: d["config"]["model"]["visible_loss_weight"])
+    tasks = list(docs[0]["targets"])
+    lines = [f"`python tools/demo_seeds.py --seeds {' '.join(map(str, docs[0]['seeds']))} model.visible_loss_weight=W` "
+             f"on {_machine(docs[0])} (test top-1 %, mean over data seeds: LV-MAE's best probe, its gain over "
+             "raw mean pooling in points):", "",
+             "| visible_loss_weight | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for d in docs:
+        t = d["targets"]
+        cells = [f"{t[k]['best_lvmae_mean']:.1f} ({t[k]['lvmae_minus_raw_mean']:+.1f}, {t[k]['best_lvmae']})" for k in tasks]
+        lines.append(f"| {d['config']['model']['visible_loss_weight']:g} | " + " | ".join(cells) + " |")
+    raw = ", ".join(f"{k} {docs[0]['targets'][k]['raw_mean_sklearn']:.1f}" for k in tasks)
+    return "\n".join([*lines, "", f"Raw mean pooling: {raw}."])
+
+
 def render_bench_length(doc: dict) -> str:
     from bench_length import command_of, render
 
@@ -109,15 +126,20 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "synth_bench": render_synth_bench, "demo_seeds": render_demo_seeds, "bench_length": render_bench_length,
     "bench_dense": render_bench_dense, "bench_extract_memory": render_bench_extract_memory,
 }
+# Renderers that compare several runs: PATH is a comma-separated list of JSON files.
+MULTI_RENDERERS: dict[str, Callable[[list[dict]], str]] = {"demo_seeds_sweep": render_demo_seeds_sweep}
 
 
 def render_block(kind: str, path: str) -> str:
-    if kind not in RENDERERS:
-        raise SystemExit(f"unknown generated block kind {kind!r}; known: {', '.join(RENDERERS)}")
-    src = ROOT / path
-    if not src.is_file():
-        return f"*Not generated yet: {path} is missing (see the command above).*\n"
-    return RENDERERS[kind](json.loads(src.read_text(encoding="utf-8"))).rstrip("\n") + "\n"
+    if kind not in RENDERERS and kind not in MULTI_RENDERERS:
+        raise SystemExit(f"unknown generated block kind {kind!r}; known: {', '.join([*RENDERERS, *MULTI_RENDERERS])}")
+    paths = path.split(",") if kind in MULTI_RENDERERS else [path]
+    missing = [p for p in paths if not (ROOT / p).is_file()]
+    if missing:
+        return f"*Not generated yet: {', '.join(missing)} missing (see the command above).*\n"
+    docs = [json.loads((ROOT / p).read_text(encoding="utf-8")) for p in paths]
+    text = MULTI_RENDERERS[kind](docs) if kind in MULTI_RENDERERS else RENDERERS[kind](docs[0])
+    return text.rstrip("\n") + "\n"
 
 
 def render_text(text: str) -> str:
