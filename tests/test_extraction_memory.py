@@ -88,3 +88,29 @@ def test_default_segment_queue_is_a_few_batches():
     per_segment = seg.frames * cfg.encoder.image_size ** 2 * 3 + seg.seconds * seg.audio_sample_rate * 4
     assert cfg.prefetch_segments <= 2 * (cfg.encoder.batch_frames // seg.frames)
     assert cfg.prefetch_segments * per_segment < 16e6
+
+
+def test_memory_bench_passes_its_environment_and_names_it_in_the_table(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench_extract_memory as bem
+
+    seen, real_popen = {}, subprocess.Popen
+
+    class _Popen:  # stands in for the extraction process: records its environment, exits at once
+        def __init__(self, cmd, env, **kw):
+            seen.update(env=env)
+            self.pid = real_popen([sys.executable, "-c", "pass"]).pid
+            kw["stdout"].write(json.dumps({"segments": 3}))
+
+    monkeypatch.setattr(bem.subprocess, "Popen", _Popen)
+    row = bem.measure(tmp_path / "v.mp4", tmp_path / "s", [], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
+    assert seen["env"]["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and row["segments"] == 3
+    doc = {"hardware": {"cpu": "x", "cores": 2, "torch_threads": 1}, "versions": {"torch": "t", "av": "a"},
+           "size": "160x120", "fps": 5, "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+           "runs": [{"minutes": 1.0, **row}], "kernel_peak_over_shortest_mb": {"1": 0.0}}
+    assert "--minutes 1 --env GLIBC_TUNABLES=glibc.malloc.hugetlb=1`" in bem.render(doc)

@@ -2,6 +2,7 @@
 
     python tools/bench_extract_memory.py                     # 1, 15 and 60-minute videos
     python tools/bench_extract_memory.py --minutes 1 60 --out mem.json
+    python tools/bench_extract_memory.py --env GLIBC_TUNABLES=glibc.malloc.hugetlb=1  # under a setting
 
 Each length gets one generated h264 + aac video (moving noise, ``--size``, ``--fps``) and a
 fresh ``lvmae extract VIDEO --out STORE`` process with the default encoders; the process's
@@ -39,12 +40,12 @@ def _status(pid: int) -> tuple[float, int]:
     return int(fields.get("VmRSS", "0 kB").split()[0]) / 1024, int(fields.get("Threads", "0"))
 
 
-def measure(video: Path, store: Path, extra: list[str]) -> dict:
+def measure(video: Path, store: Path, extra: list[str], env: dict[str, str] | None = None) -> dict:
     cmd = [sys.executable, "-m", "lvmae.cli", "extract", str(video), "--out", str(store), "--no-progress",
            "--json", *extra]
     tic = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})})
         peak_rss = peak_threads = 0.0
         while True:
             pid, status, usage = os.wait4(p.pid, os.WNOHANG)  # this child's own rusage, once it exits
@@ -78,7 +79,8 @@ def render(doc: dict) -> str:
     """The docs' table of one run (tools/render_docs.py kind ``bench_extract_memory``)."""
     hw, v = doc["hardware"], doc["versions"]
     minutes = " ".join(f"{r['minutes']:g}" for r in doc["runs"])
-    lines = [f"`python tools/bench_extract_memory.py --minutes {minutes}` on {hw['cpu']}, {hw['cores']} cores, "
+    env = "".join(f" --env {k}={v}" for k, v in doc.get("env", {}).items())
+    lines = [f"`python tools/bench_extract_memory.py --minutes {minutes}{env}` on {hw['cpu']}, {hw['cores']} cores, "
              f"{hw['torch_threads']} torch thread(s), torch {v['torch']}, PyAV {v['av']}; generated {doc['size']} "
              f"{doc['fps']}-fps h264 + aac videos, default encoders:", "",
              "| video | segments | peak RSS (sampled) | peak RSS (kernel) | kernel peak over the shortest | threads | wall |",
@@ -99,20 +101,26 @@ def main() -> None:
     ap.add_argument("--size", default="160x120", help="WxH of the generated videos")
     ap.add_argument("--fps", type=int, default=5)
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the extraction processes (repeatable), e.g. an allocator setting")
     ap.add_argument("overrides", nargs="*", help="key=value overrides passed to lvmae extract")
     args = ap.parse_args()
     w, h = (int(x) for x in args.size.split("x"))
+    bad = [e for e in args.env if "=" not in e]
+    if bad:
+        ap.error(f"--env takes KEY=VALUE, got {bad[0]!r}")
+    env = dict(e.split("=", 1) for e in args.env)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in args.minutes:
             d = Path(tmp) / f"m{minutes:g}"
             d.mkdir()
             video = make_video(d, minutes * 60, (w, h), args.fps)
-            row = {"minutes": minutes, **measure(video, d / "store", args.overrides)}
+            row = {"minutes": minutes, **measure(video, d / "store", args.overrides, env)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     result = {"tool": "bench_extract_memory", "hardware": hardware(), "versions": versions(),
-              "size": args.size, "fps": args.fps, "overrides": args.overrides, "cpu_count": os.cpu_count(),
+              "size": args.size, "fps": args.fps, "overrides": args.overrides, "env": env, "cpu_count": os.cpu_count(),
               "runs": rows, "rss_over_shortest_mb": _over(rows, "sampled_peak_rss_mb"),
               "kernel_peak_over_shortest_mb": _over(rows, "getrusage_peak_rss_mb")}
     text = json.dumps(result, indent=2)
