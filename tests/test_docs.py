@@ -161,4 +161,4 @@ def test_sweep_block_orders_runs_by_loss_weight_and_names_a_missing_file(tmp_pat
     assert rows == ["| 0 | 90.5 (+40.5, lvmae_attentive) |", "| 0.5 | 80.0 (+30.0, lvmae_attentive) |"]
     assert "Raw mean pooling: order 50.0." in new
     missing = render_docs.render_text("<!-- begin generated: demo_seeds_sweep a.json,c.json -->\n<!-- end generated -->\n")
-    assert "c.json missing" in missing and "a.json" not in missing.split("generated yet:")[1]
+    assert "c.json is missing" in missing and "a.json" not in missing.split("generated yet:")[1]

@@ -2,6 +2,11 @@
 CPU forwards in small chunks, heap trims during a run, feature rows that own their memory,
 audio held one segment at a time, and a small default segment queue."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -91,11 +96,6 @@ def test_default_segment_queue_is_a_few_batches():
 
 
 def test_memory_bench_passes_its_environment_and_names_it_in_the_table(tmp_path, monkeypatch):
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import bench_extract_memory as bem
 

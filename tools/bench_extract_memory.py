@@ -79,7 +79,7 @@ def render(doc: dict) -> str:
     """The docs' table of one run (tools/render_docs.py kind ``bench_extract_memory``)."""
     hw, v = doc["hardware"], doc["versions"]
     minutes = " ".join(f"{r['minutes']:g}" for r in doc["runs"])
-    env = "".join(f" --env {k}={v}" for k, v in doc.get("env", {}).items())
+    env = "".join(f" --env {key}={value}" for key, value in doc.get("env", {}).items())
     lines = [f"`python tools/bench_extract_memory.py --minutes {minutes}{env}` on {hw['cpu']}, {hw['cores']} cores, "
              f"{hw['torch_threads']} torch thread(s), torch {v['torch']}, PyAV {v['av']}; generated {doc['size']} "
              f"{doc['fps']}-fps h264 + aac videos, default encoders:", "",

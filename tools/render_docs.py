@@ -89,7 +89,10 @@ def render_demo_seeds(doc: dict) -> str:
 
 def render_demo_seeds_sweep(docs: list[dict]) -> str:
     """One row per demo_seeds run, ordered by visible_loss_weight: best LV-MAE probe vs raw mean pooling per task."""
-    docs = sorted(docs, key=lambda d: d["config"]["model"]["visible_loss_weight"])
+    def weight(d: dict) -> float:
+        return d["config"]["model"]["visible_loss_weight"]
+
+    docs = sorted(docs, key=weight)
     tasks = list(docs[0]["targets"])
     lines = [f"`python tools/demo_seeds.py --seeds {' '.join(map(str, docs[0]['seeds']))} model.visible_loss_weight=W` "
              f"on {_machine(docs[0])} (test top-1 %, mean over data seeds: LV-MAE's best probe, its gain over "
@@ -98,7 +101,7 @@ def render_demo_seeds_sweep(docs: list[dict]) -> str:
     for d in docs:
         t = d["targets"]
         cells = [f"{t[k]['best_lvmae_mean']:.1f} ({t[k]['lvmae_minus_raw_mean']:+.1f}, {t[k]['best_lvmae']})" for k in tasks]
-        lines.append(f"| {d['config']['model']['visible_loss_weight']:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {weight(d):g} | " + " | ".join(cells) + " |")
     raw = ", ".join(f"{k} {docs[0]['targets'][k]['raw_mean_sklearn']:.1f}" for k in tasks)
     return "\n".join([*lines, "", f"Raw mean pooling: {raw}."])
 
@@ -131,14 +134,16 @@ MULTI_RENDERERS: dict[str, Callable[[list[dict]], str]] = {"demo_seeds_sweep": r
 
 
 def render_block(kind: str, path: str) -> str:
-    if kind not in RENDERERS and kind not in MULTI_RENDERERS:
+    multi = kind in MULTI_RENDERERS
+    if not multi and kind not in RENDERERS:
         raise SystemExit(f"unknown generated block kind {kind!r}; known: {', '.join([*RENDERERS, *MULTI_RENDERERS])}")
-    paths = path.split(",") if kind in MULTI_RENDERERS else [path]
+    paths = path.split(",") if multi else [path]
     missing = [p for p in paths if not (ROOT / p).is_file()]
     if missing:
-        return f"*Not generated yet: {', '.join(missing)} missing (see the command above).*\n"
+        verb = "is" if len(missing) == 1 else "are"
+        return f"*Not generated yet: {', '.join(missing)} {verb} missing (see the command above).*\n"
     docs = [json.loads((ROOT / p).read_text(encoding="utf-8")) for p in paths]
-    text = MULTI_RENDERERS[kind](docs) if kind in MULTI_RENDERERS else RENDERERS[kind](docs[0])
+    text = MULTI_RENDERERS[kind](docs) if multi else RENDERERS[kind](docs[0])
     return text.rstrip("\n") + "\n"
 
 
