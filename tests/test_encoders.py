@@ -137,6 +137,20 @@ def test_logmel_statistics():
     torch.testing.assert_close(half[0], half[1])  # samples past the valid length are ignored
 
 
+
+def test_logmel_one_segment_at_a_time_gives_the_whole_batch_rows(monkeypatch):
+    import lvmae.encoders.audio as audio
+
+    enc = build_encoder("logmel", "audio", EncoderConfig(n_mels=16), sample_rate=8000)
+    torch.manual_seed(0)
+    batch = Waveforms(torch.randn(5, 4000), torch.tensor([4000, 100, 2500, 4000, 0]))
+    chunked = enc.encode(batch)
+    monkeypatch.setattr(audio, "CPU_CHUNK", 64)
+    whole = enc.encode(batch)
+    assert chunked.shape == whole.shape == (5, 32)
+    torch.testing.assert_close(chunked, whole)  # rows in order, each with its own valid length
+    assert chunked[1].abs().sum() == chunked[4].abs().sum() == 0
+
 def test_hf_clip_from_tiny_random_checkpoints(tmp_path):
     transformers = pytest.importorskip("transformers")
     vc = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

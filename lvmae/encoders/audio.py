@@ -17,6 +17,7 @@ from lvmae.encoders.base import Waveforms
 from lvmae.errors import ConfigError
 
 VERSION = "logmel-v1"
+CPU_CHUNK = 1  # segments per spectrogram on the CPU (see LogMelEncoder.encode)
 
 
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0,
@@ -62,8 +63,20 @@ class LogMelEncoder:
 
     @torch.inference_mode()
     def encode(self, batch: Waveforms) -> Tensor:
+        """On the CPU one segment at a time (:data:`CPU_CHUNK`): the same rows at the same speed.
+
+        A whole batch's spectrograms were the largest short-lived blocks of an extraction; once
+        decoding and encoding overlap they sit on top of the decoder's memory, which made a long
+        video's peak higher than a short one's (docs/reliability.md).
+        """
         wave = torch.as_tensor(batch.wave, dtype=torch.float32, device=self.device)
         lengths = torch.as_tensor(batch.lengths, device=self.device)
+        if self.device.type == "cpu" and len(wave) > CPU_CHUNK:
+            return torch.cat([self._encode(wave[i:i + CPU_CHUNK], lengths[i:i + CPU_CHUNK])
+                              for i in range(0, len(wave), CPU_CHUNK)])
+        return self._encode(wave, lengths)
+
+    def _encode(self, wave: Tensor, lengths: Tensor) -> Tensor:
         if wave.shape[1] < self.n_fft:
             wave = torch.nn.functional.pad(wave, (0, self.n_fft - wave.shape[1]))
         spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=False,
