@@ -137,7 +137,6 @@ def test_logmel_statistics():
     torch.testing.assert_close(half[0], half[1])  # samples past the valid length are ignored
 
 
-
 def test_logmel_one_segment_at_a_time_gives_the_whole_batch_rows(monkeypatch):
     import lvmae.encoders.audio as audio
 
@@ -150,6 +149,7 @@ def test_logmel_one_segment_at_a_time_gives_the_whole_batch_rows(monkeypatch):
     assert chunked.shape == whole.shape == (5, 32)
     torch.testing.assert_close(chunked, whole)  # rows in order, each with its own valid length
     assert chunked[1].abs().sum() == chunked[4].abs().sum() == 0
+
 
 def test_hf_clip_from_tiny_random_checkpoints(tmp_path):
     transformers = pytest.importorskip("transformers")
