@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lvmae.config import EncoderConfig
 from lvmae.encoders.base import Waveforms
+from lvmae.encoders.torch_module import cpu_chunks
 from lvmae.errors import ConfigError
 
 VERSION = "logmel-v1"
@@ -71,10 +72,7 @@ class LogMelEncoder:
         """
         wave = torch.as_tensor(batch.wave, dtype=torch.float32, device=self.device)
         lengths = torch.as_tensor(batch.lengths, device=self.device)
-        if self.device.type == "cpu" and len(wave) > CPU_CHUNK:
-            return torch.cat([self._encode(wave[i:i + CPU_CHUNK], lengths[i:i + CPU_CHUNK])
-                              for i in range(0, len(wave), CPU_CHUNK)])
-        return self._encode(wave, lengths)
+        return cpu_chunks(self._encode, self.device, CPU_CHUNK, wave, lengths)
 
     def _encode(self, wave: Tensor, lengths: Tensor) -> Tensor:
         if wave.shape[1] < self.n_fft:
