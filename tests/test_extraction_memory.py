@@ -1,12 +1,15 @@
 """What keeps extraction memory flat in the video's length, checked by structure, not by RSS:
 CPU forwards in small chunks, heap trims during a run, feature rows that own their memory,
-audio held one segment at a time, and a small default segment queue."""
+audio held one segment at a time, decoded pictures freed without the cycle collector, and a
+small default segment queue."""
 
+import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import av
 import pytest
 import torch
 from torch import nn
@@ -16,6 +19,8 @@ from lvmae.config import EncoderConfig, ExtractConfig
 from lvmae.encoders.torch_module import CPU_CHUNK_FRAMES, TorchEncoder
 from lvmae.extraction import api
 from lvmae.extraction.audio import AudioCutter
+from lvmae.extraction.segments import iter_segments
+from lvmae.extraction.video import DecodeSpec
 
 torch.set_num_threads(1)
 register_tiny()
@@ -85,6 +90,22 @@ def test_audio_is_held_one_segment_at_a_time(tmp_path):
         held.append(len(cutter._buf))
     cutter.close()
     assert max(held) <= 5 * 16000 + 4096  # one segment and at most a few decoded frames, never the track
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_decoded_pictures_are_freed_without_the_cycle_collector(tmp_path, rotation):
+    """No sampled frame may sit in a reference cycle (reading PyAV's side data per frame made
+    one): each would hold its decoded picture until the cycle collector ran."""
+    video = make_video(tmp_path / "v.mp4", seconds=20, fps=5, audio=False, rotation=rotation)
+    gc.collect()
+    gc.disable()
+    try:
+        segs = list(iter_segments(video, DecodeSpec(image_size=16, sample_rate=None)))
+        frames = sum(type(o) is av.VideoFrame for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert len(segs) == 4
+    assert frames <= 1  # the first frame, whose rotation is read once for the whole video
 
 
 def test_default_segment_queue_is_a_few_batches():

@@ -90,14 +90,14 @@ def sample_times(start: float, end: float, k: int) -> np.ndarray:
 class _Frame:
     """A decoded frame with its time; converted to a small RGB array once, when first picked."""
 
-    __slots__ = ("t", "dur", "_frame", "_array")
+    __slots__ = ("t", "dur", "_frame", "_array", "turns")
 
-    def __init__(self, t: float, dur: float, frame: Any):
-        self.t, self.dur, self._frame, self._array = t, dur, frame, None
+    def __init__(self, t: float, dur: float, frame: Any, turns: int = 0):
+        self.t, self.dur, self._frame, self._array, self.turns = t, dur, frame, None, turns
 
     def array(self, size: int | None, resize: str) -> np.ndarray | None:
         if self._array is None and size is not None:
-            self._array = to_rgb(self._frame, size, resize)
+            self._array = to_rgb(self._frame, size, resize, self.turns)
         self._frame = None
         return self._array
 
@@ -125,27 +125,39 @@ class _Window:
             self.arrays.append(shown.array(spec.image_size, spec.resize))
 
 
-def to_rgb(frame: av.VideoFrame, size: int, resize: str = "center_crop") -> np.ndarray:
+def to_rgb(frame: av.VideoFrame, size: int, resize: str = "center_crop", turns: int | None = None) -> np.ndarray:
     """``[size, size, 3]`` uint8 RGB of the frame as displayed (its display rotation applied,
     as players and FFmpeg do): short side scaled to ``size`` then centre-cropped, or squashed.
 
+    ``turns``: the video's :func:`quarter_turns`, read from the frame when None (one-off calls).
     ``threads=1``: FFmpeg's scaler would otherwise start its own thread pool for every frame
     (one thread per core each, kept until the garbage collector frees the scaler: hundreds of
     live threads and memory growing with the video's length); a small frame is faster alone."""
+    k = quarter_turns(frame) if turns is None else turns
     w, h = frame.width, frame.height
     if resize == "squash":
-        return upright(frame.reformat(size, size, "rgb24", interpolation="AREA", threads=1).to_ndarray(), frame)
+        return upright(frame.reformat(size, size, "rgb24", interpolation="AREA", threads=1).to_ndarray(), k)
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = upright(frame.reformat(nw, nh, "rgb24", interpolation="AREA", threads=1).to_ndarray(), frame)
+    img = upright(frame.reformat(nw, nh, "rgb24", interpolation="AREA", threads=1).to_ndarray(), k)
     y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
     return np.ascontiguousarray(img[y:y + size, x:x + size])
 
 
-def upright(img: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
-    """Turn ``img`` ``[H, W, 3]`` by the frame's display rotation (portrait phone video)."""
-    k = round(frame.rotation / 90) % 4 if frame.side_data else 0
-    return np.ascontiguousarray(np.rot90(img, k)) if k else img
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """The frame's display rotation (portrait phone video) in quarter turns (``np.rot90``'s k).
+
+    Read once per video, from its first frame: reading a frame's side data makes PyAV keep
+    an object that points back at the frame, a reference cycle that holds the frame's
+    decoded picture until Python's cycle collector runs. Read for every sampled frame, that
+    kept up to a few hundred decoded pictures alive at a time (about 3 MB each at 1080p).
+    """
+    return round(frame.rotation / 90) % 4 if frame.side_data else 0
+
+
+def upright(img: np.ndarray, turns: int) -> np.ndarray:
+    """Turn ``img`` ``[H, W, 3]`` by ``turns`` quarter turns (see :func:`quarter_turns`)."""
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
 
 
 def open_video(path: str | Path) -> tuple[Any, Any]:
@@ -198,18 +210,19 @@ def iter_frames(container: Any, stream: Any, origin: float, info: dict,
     stream.codec_context.thread_count = threads
     rate = float(stream.average_rate) if stream.average_rate else 25.0
     tb = stream.time_base
-    last_t = -math.inf
+    last_t, turns = -math.inf, 0
     try:
         for frame in container.decode(stream):
             if last_t == -math.inf:
-                _upright_size(frame, info)
+                turns = quarter_turns(frame)
+                _upright_size(turns, info)
             if frame.pts is not None and tb:
                 t = max(float(frame.pts * tb) - origin, last_t)
             else:
                 t = last_t + 1.0 / rate if last_t > -math.inf else 0.0
             dur = float(frame.duration * tb) if getattr(frame, "duration", 0) and tb else 1.0 / rate
             last_t = t
-            yield _Frame(t, dur, frame)
+            yield _Frame(t, dur, frame, turns)
     except (av.error.FFmpegError, ValueError) as e:
         at = max(last_t, 0.0)
         if not keep_truncated:
@@ -218,9 +231,8 @@ def iter_frames(container: Any, stream: Any, origin: float, info: dict,
         info.setdefault("notes", []).append(f"truncated: decode error at {at:.1f} s ({_msg(e)})")
 
 
-def _upright_size(frame: av.VideoFrame, info: dict) -> None:
-    """The size as embedded (display rotation applied, see :func:`upright`), not as coded."""
-    k = round(frame.rotation / 90) % 4 if frame.side_data else 0
+def _upright_size(k: int, info: dict) -> None:
+    """The size as embedded (``k`` quarter turns applied, see :func:`upright`), not as coded."""
     if k:
         info["rotation"] = 90 * k
     if k % 2 and "width" in info:
