@@ -135,3 +135,5 @@ def test_memory_bench_passes_its_environment_and_names_it_in_the_table(tmp_path,
            "size": "160x120", "fps": 5, "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
            "runs": [{"minutes": 1.0, **row}], "kernel_peak_over_shortest_mb": {"1": 0.0}}
     assert "--minutes 1 --env GLIBC_TUNABLES=glibc.malloc.hugetlb=1`" in bem.render(doc)
+    doc.update(size="1280x720", fps=30, env={}, overrides=["extract.prefetch_segments=4"])
+    assert "--minutes 1 --size 1280x720 --fps 30 extract.prefetch_segments=4`" in bem.render(doc)

@@ -30,6 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extract import hardware, make_videos, versions  # noqa: E402
 
+SIZE, FPS = "160x120", 5  # the generated videos' defaults
+
 
 def _status(pid: int) -> tuple[float, int]:
     """(VmRSS MiB, threads) of a live process, (0, 0) once it is gone."""
@@ -80,7 +82,9 @@ def render(doc: dict) -> str:
     hw, v = doc["hardware"], doc["versions"]
     minutes = " ".join(f"{r['minutes']:g}" for r in doc["runs"])
     env = "".join(f" --env {key}={value}" for key, value in doc.get("env", {}).items())
-    lines = [f"`python tools/bench_extract_memory.py --minutes {minutes}{env}` on {hw['cpu']}, {hw['cores']} cores, "
+    shape = "".join(f" --{k} {doc[k]}" for k, default in (("size", SIZE), ("fps", FPS)) if str(doc[k]) != str(default))
+    overrides = "".join(f" {o}" for o in doc.get("overrides", []))
+    lines = [f"`python tools/bench_extract_memory.py --minutes {minutes}{shape}{env}{overrides}` on {hw['cpu']}, {hw['cores']} cores, "
              f"{hw['torch_threads']} torch thread(s), torch {v['torch']}, PyAV {v['av']}; generated {doc['size']} "
              f"{doc['fps']}-fps h264 + aac videos, default encoders:", "",
              "| video | segments | peak RSS (sampled) | peak RSS (kernel) | kernel peak over the shortest | threads | wall |",
@@ -98,8 +102,8 @@ def render(doc: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 15, 60])
-    ap.add_argument("--size", default="160x120", help="WxH of the generated videos")
-    ap.add_argument("--fps", type=int, default=5)
+    ap.add_argument("--size", default=SIZE, help="WxH of the generated videos")
+    ap.add_argument("--fps", type=int, default=FPS)
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment of the extraction processes (repeatable), e.g. an allocator setting")
